@@ -1,0 +1,21 @@
+"""flowsolve: gradient flows of wide two- and three-layer networks as ODEs.
+
+>>> import flowsolve as fs
+>>> prob = fs.Problem(fs.TwoLayer(1000, fs.Scaling.scheme("ntk", 1000)), fs.datasets.four_points())
+>>> sol = fs.solve(prob, "dopri5", t_end=100.0, progress=False)
+"""
+
+from . import datasets, io
+from ._version import __version__
+from .datasets import Dataset
+from .errors import BackendUnavailable, ConfigError, FlowsolveError, IntegrationError
+from .models import ACTIVATIONS, TwoLayer
+from .problem import Problem
+from .scaling import Scaling
+from .solvers import METHODS, Solution, Stats, Status, log_grid, solve
+
+__all__ = [
+    "__version__", "datasets", "io", "Dataset", "Scaling", "TwoLayer", "ACTIVATIONS",
+    "Problem", "solve", "Solution", "Stats", "Status", "METHODS", "log_grid",
+    "FlowsolveError", "ConfigError", "IntegrationError", "BackendUnavailable",
+]

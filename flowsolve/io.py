@@ -1,0 +1,66 @@
+"""netCDF input/output of flowsolve Datasets (through the netCDF4 library).
+
+Files are written atomically: to a temporary file in the target directory, flushed to
+disk, then renamed over the target, so a crash never leaves a half-written file under
+the final name and never destroys an earlier complete file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = ["save", "load", "validate", "REQUIRED_VARIABLES"]
+
+REQUIRED_VARIABLES = ("loss",)
+REQUIRED_ATTRS = ("flowsolve_version", "model", "status")
+
+
+def save(ds, path) -> str:
+    """Write ``ds`` to ``path`` (netCDF4 format) atomically; returns the path."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".nc", dir=directory)
+    os.close(fd)
+    try:
+        encoding = {name: {"zlib": True, "complevel": 1}
+                    for name, var in ds.data_vars.items()
+                    if var.ndim > 0 and np.issubdtype(var.dtype, np.number)}
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path):
+    """Read a flowsolve netCDF file fully into memory (the file is closed on return)."""
+    import xarray as xr
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"no such file: {path!r}")
+    return xr.load_dataset(path, engine="netcdf4")
+
+
+def validate(path) -> bool:
+    """True when ``path`` is a complete, readable flowsolve run file.
+
+    Catches truncated or corrupt files (unreadable netCDF) and files missing the
+    variables or attributes a finished run writes.
+    """
+    try:
+        ds = load(path)
+    except Exception:
+        return False
+    return all(v in ds.variables for v in REQUIRED_VARIABLES) and all(
+        a in ds.attrs for a in REQUIRED_ATTRS)
