@@ -122,9 +122,13 @@ class TwoLayer:
         return sc.beta1 / sc.alpha, sc.beta2 / sc.alpha, sc.beta1**2 / sc.alpha, sc.beta2
 
     def mobilities(self) -> tuple[float, float]:
-        """``(c_a, c_w)``: the flow is ``dy/dt^ = -diag(c) grad_y R~`` (see docs/theory.md)."""
-        _, ca, cw, _ = self.coefficients()
-        return ca, cw
+        """``(mu_a, mu_w)`` with ``d a^/dt^ = -mu_a dR/da^`` and ``d w^/dt^ = -mu_w dR/dw^``.
+
+        ``R`` is the loss as a function of the normalised state. Both cases of the module
+        docstring give ``mu_a = 1/kappa'`` and ``mu_w = kappa'`` (docs/theory.md).
+        """
+        cf, ca, cw, s = self.coefficients()
+        return ca / cf, cw / (cf * s)
 
     def make_rhs(self, xp, data, dtype):
         """The reference right-hand side in the array namespace ``xp``.
