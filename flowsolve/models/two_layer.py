@@ -159,6 +159,23 @@ class TwoLayer:
 
         return rhs
 
+    def make_jacobian(self, xp, data, dtype):
+        """Gauss-Newton structure of the flow: ``linearize(y) -> Linearization``.
+
+        The flow is ``dy/dt^ = -C J^T e / n`` with ``e`` (n,) the residual, ``J = de/dy``
+        (n, P) and ``C = linearize.mobility`` (P,). The returned object gives ``e``,
+        ``jv(v)`` (n,), ``cjt(u)`` (P,), ``gram()`` = ``J C J^T`` (n, n) and ``dense()``
+        without forming ``J`` (see :mod:`flowsolve.models.two_layer_structure`).
+        """
+        from .two_layer_structure import make_linearize
+        return make_linearize(self, xp, data, dtype)
+
+    def make_switching(self, xp, data, dtype):
+        """ReLU switching structure (sliding pairs, equivalent controls); see
+        :class:`flowsolve.models.two_layer_structure.Switching`."""
+        from .two_layer_structure import Switching
+        return Switching(self, xp, data, dtype)
+
     def make_loss(self, xp, data, dtype):
         """``loss(y) -> float``: the loss ``1/(2n) sum e^2`` alone (one forward pass)."""
         Xt = xp.asarray(data.x_tilde(), dtype=dtype)
