@@ -9,13 +9,15 @@ from . import datasets, io
 from ._version import __version__
 from .datasets import Dataset
 from .errors import BackendUnavailable, ConfigError, FlowsolveError, IntegrationError
-from .models import ACTIVATIONS, TwoLayer
+from .models import ACTIVATIONS, ThreeLayer, TwoLayer
 from .problem import Problem
 from .scaling import Scaling
+from .scaling3 import Scaling3
 from .solvers import METHODS, Solution, Stats, Status, log_grid, solve
 
 __all__ = [
     "__version__", "datasets", "io", "Dataset", "Scaling", "TwoLayer", "ACTIVATIONS",
+    "Scaling3", "ThreeLayer",
     "Problem", "solve", "Solution", "Stats", "Status", "METHODS", "log_grid",
     "FlowsolveError", "ConfigError", "IntegrationError", "BackendUnavailable",
 ]
