@@ -14,10 +14,12 @@ from .problem import Problem
 from .scaling import Scaling
 from .scaling3 import Scaling3
 from .solvers import METHODS, Solution, Stats, Status, log_grid, solve
+from .sweep import SweepSpec, open_sweep, run_sweep
 
 __all__ = [
     "__version__", "datasets", "io", "Dataset", "Scaling", "TwoLayer", "ACTIVATIONS",
     "Scaling3", "ThreeLayer",
     "Problem", "solve", "Solution", "Stats", "Status", "METHODS", "log_grid",
     "FlowsolveError", "ConfigError", "IntegrationError", "BackendUnavailable",
+    "SweepSpec", "run_sweep", "open_sweep",
 ]
