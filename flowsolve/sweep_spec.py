@@ -44,7 +44,8 @@ MODELS = tuple(GRID_KINDS)
 _CLASSES = {"two_layer": ("TwoLayer", "Scaling"), "three_layer": ("ThreeLayer", "Scaling3")}
 
 #: default model options per model (ASI is on for phase-diagram sweeps, as in [L21])
-_MODEL_DEFAULTS = {"two_layer": {"activation": "relu", "asi": True}, "three_layer": {}}
+_MODEL_DEFAULTS = {"two_layer": {"activation": "relu", "asi": True},
+                   "three_layer": {"activation": "relu", "asi": False}}
 
 SAVE_DEFAULTS = {"params": True, "per_decade": 10, "t_min": 1e-3, "snapshots": []}
 #: solve() arguments a sweep sets itself (from ``save``) or that make no sense in a task

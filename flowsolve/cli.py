@@ -1,0 +1,197 @@
+"""The ``flowsolve`` command line.
+
+Each subcommand is one function decorated with :func:`subcommand`: it receives its
+argparse sub-parser, adds its arguments and returns the handler ``handler(args) -> int``
+(the exit status). Import heavy modules inside the handler so ``flowsolve --help`` stays
+fast. Errors a user can fix (:class:`~flowsolve.ConfigError`) print one line and exit 2.
+
+Adding a subcommand::
+
+    @subcommand("plot", "draw figures from a sweep directory")
+    def _plot(p):
+        p.add_argument("dir")
+
+        def run(args):
+            ...
+            return 0
+        return run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._version import __version__
+from .errors import ConfigError
+
+__all__ = ["main", "subcommand", "build_parser"]
+
+#: (name, help, configure) in registration order
+_SUBCOMMANDS = []
+
+
+def subcommand(name: str, help: str):
+    """Register ``configure(parser) -> handler`` as the subcommand ``name``."""
+    def deco(configure):
+        _SUBCOMMANDS.append((name, help, configure))
+        return configure
+    return deco
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowsolve", description="Gradient flows of wide two- and three-layer networks.")
+    parser.add_argument("--version", action="version", version=f"flowsolve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, configure in _SUBCOMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=configure(p))
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``flowsolve`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        msg = " ".join(str(exc).split())
+        print(f"flowsolve {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"flowsolve {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- sweep ---------------------------------------------------------------------------------
+@subcommand("sweep", "run (or resume) a sweep from a TOML spec; one netCDF file per run")
+def _sweep(p):
+    p.add_argument("config", help="sweep spec (TOML; see docs/sweeps.md)")
+    p.add_argument("--out", default="runs", help="sweep directory (default: runs)")
+    p.add_argument("--scheduler", help="address of a Dask scheduler, e.g. tcp://host:8786 "
+                   "(default: a local cluster)")
+    p.add_argument("--workers", type=int, help="worker processes of the local cluster "
+                   "(default: number of CPUs)")
+    p.add_argument("--batch-seconds", type=float, default=1.0,
+                   help="group runs shorter than this into one task (default: 1)")
+    p.add_argument("--write-on", choices=("worker", "client"), default="worker",
+                   help="who writes run files (client: no shared file system)")
+    p.add_argument("--redo-failed", action="store_true", help="redo runs that did not succeed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(args):
+        from .sweep import run_sweep
+
+        rep = run_sweep(args.config, out=args.out, scheduler=args.scheduler,
+                        workers=args.workers, progress=False if args.quiet else True,
+                        batch_seconds=args.batch_seconds, write_on=args.write_on,
+                        redo_failed=args.redo_failed)
+        print(f"sweep {rep.out}: {rep.total} runs, {rep.skipped} already done, {rep.ran} run "
+              f"now, {len(rep.failed)} not successful ({rep.wall_time:.1f} s)")
+        for name, status, message in rep.failed[:10]:
+            print(f"  {name}: {status}: {message}")
+        return 0
+    return run
+
+
+# -- solve ---------------------------------------------------------------------------------
+_SOLVER_FLAGS = (("method", str), ("rtol", float), ("atol", float), ("t_end", float),
+                 ("stop_at_loss", float), ("max_steps", int), ("lr", float), ("dt", float),
+                 ("backend", str), ("dtype", str))
+_GRID_FLAGS = ("gamma", "gamma_prime", "gamma2", "gamma3")
+
+
+@subcommand("solve", "integrate one run (options or a TOML with the sweep keys) to netCDF")
+def _solve(p):
+    p.add_argument("--config", help="TOML with the sweep keys and single values")
+    p.add_argument("--model", choices=("two_layer", "three_layer"))
+    p.add_argument("--data", help="data set name (default four_points)")
+    for g in _GRID_FLAGS:
+        p.add_argument("--" + g.replace("_", "-"), dest=g, type=float)
+    p.add_argument("--width", type=int)
+    p.add_argument("--seed", type=int)
+    for name, typ in _SOLVER_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ)
+    p.add_argument("--activation")
+    p.add_argument("--asi", action=argparse.BooleanOptionalAction, default=None,
+                   help="antisymmetric initialisation (two-layer default: on)")
+    p.add_argument("--no-params", action="store_true", help="omit per-neuron parameters")
+    p.add_argument("--out", default="run.nc", help="output netCDF file (default run.nc)")
+
+    def run(args):
+        from . import io
+        from .sweep import SweepSpec, execute_run
+
+        spec = SweepSpec.from_dict(_solve_config(args))
+        runs = spec.runs()
+        if len(runs) != 1:
+            raise ConfigError(f"solve runs one run, but the config describes {len(runs)} "
+                              f"(use `flowsolve sweep`)")
+        ds = execute_run(spec, runs[0])
+        io.save(ds, args.out)
+        a = ds.attrs
+        print(f"{runs[0].name}: {a['status']} ({a.get('message', '')})")
+        finals = "  ".join(f"{k[:-6]}={float(ds[k]):.6g}" for k in ds.data_vars
+                           if k.endswith("_final") and ds[k].ndim == 0 and k != "t_final"
+                           and not k.endswith("_max_final"))
+        print(f"  t_final={float(ds['t_final']):.6g}  {finals}")
+        print(f"  nfev={a.get('stats_nfev')}  steps={a.get('stats_steps')}  "
+              f"wall_time={float(a.get('stats_wall_time', 0.0)):.3g} s  -> {args.out}")
+        return 0 if a["status"] == "success" else 1
+    return run
+
+
+def _solve_config(args) -> dict:
+    """The sweep-spec dict of a single run: the TOML (if any), overridden by options."""
+    d = {}
+    if args.config:
+        import tomllib
+
+        try:
+            with open(args.config, "rb") as fh:
+                d = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"no such config: {args.config!r}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{args.config}: invalid TOML: {exc}") from None
+    for key in ("model", "data"):
+        if getattr(args, key) is not None:
+            d[key] = getattr(args, key)
+    grid = dict(d.get("grid", {}))
+    given = {g: getattr(args, g) for g in _GRID_FLAGS if getattr(args, g) is not None}
+    grid.update(given)
+    if "gamma" in given:
+        grid.setdefault("gamma_prime", 0.0)
+    if "gamma3" in given:
+        grid.setdefault("gamma2", 0.0)
+    if not grid:
+        raise ConfigError("give the coordinates (--gamma [--gamma-prime], or --gamma3 "
+                          "[--gamma2]) or a --config with a [grid] table")
+    d["grid"] = grid
+    if ("gamma2" in grid or "gamma3" in grid) and "model" not in d:
+        d["model"] = "three_layer"
+    if args.width is not None:
+        d["widths"] = [args.width]
+    if not d.get("widths"):
+        raise ConfigError("give --width (or widths in the --config)")
+    if args.seed is not None:
+        d["seeds"] = [args.seed]
+    solver = dict(d.get("solver", {}))
+    solver.update({k: getattr(args, k) for k, _ in _SOLVER_FLAGS if getattr(args, k) is not None})
+    if "t_end" not in solver and "stop_at_loss" not in solver:
+        solver["stop_at_loss"] = 5e-7
+    d["solver"] = solver
+    opts = dict(d.get("model_options", {}))
+    if args.activation is not None:
+        opts["activation"] = args.activation
+    if args.asi is not None:
+        opts["asi"] = args.asi
+    d["model_options"] = opts
+    if args.no_params:
+        d["save"] = {**d.get("save", {}), "params": False}
+    return d
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
