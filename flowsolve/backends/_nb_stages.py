@@ -1,0 +1,147 @@
+"""Numba kernels of the Runge-Kutta stage arithmetic (one pass over the state each).
+
+- :func:`combine_*`: ``out = y + sum_j (h c_j) K[j]`` (zero weights skipped), blocked so
+  that the running sum stays in L1 and every row of ``K`` is read once.
+- :func:`errsq_*`: the sums ``sum_i (err5_i / sc_i)^2`` and ``sum_i (err3_i / sc_i)^2``
+  with ``err = sum_j e_j K[j]`` and ``sc = atol + rtol max(|y - ref|, |y_new - ref|)``;
+  the caller turns them into the (DOP853 two-estimate) RMS norm.
+- :func:`nonfinite_*`: whether any entry is NaN or infinite (no temporaries).
+
+Each exists serial and parallel (prange over chunks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_FM = {"reassoc", "nsz", "contract"}
+_BS = 1024
+
+
+@njit(cache=True, fastmath=_FM)
+def _combine_range(out, y, K, coef, h, lo, hi):
+    ns = coef.shape[0]
+    for b0 in range(lo, hi, _BS):
+        b1 = min(b0 + _BS, hi)
+        bs = b1 - b0
+        o = out[b0:b1]
+        yy = y[b0:b1]
+        first = True
+        for j in range(ns):
+            if coef[j] == 0.0:
+                continue
+            c = h * coef[j]
+            kj = K[j, b0:b1]
+            if first:
+                for i in range(bs):
+                    o[i] = yy[i] + c * kj[i]
+                first = False
+            else:
+                for i in range(bs):
+                    o[i] += c * kj[i]
+        if first:
+            for i in range(bs):
+                o[i] = yy[i]
+
+
+@njit(cache=True)
+def combine_serial(out, y, K, coef, h):
+    """``out = y + sum_j (h coef[j]) K[j]`` (``out`` may be ``y``)."""
+    _combine_range(out, y, K, coef, h, 0, y.shape[0])
+
+
+@njit(cache=True, parallel=True)
+def combine_parallel(out, y, K, coef, h, nchunks):
+    N = y.shape[0]
+    for c in prange(nchunks):
+        _combine_range(out, y, K, coef, h, (c * N) // nchunks, ((c + 1) * N) // nchunks)
+
+
+@njit(cache=True, fastmath=_FM)
+def _errsq_range(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, lo, hi):
+    ne, ne3 = e.shape[0], e3.shape[0]
+    buf5 = np.empty(_BS)
+    buf3 = np.empty(_BS)
+    sc = np.empty(_BS)
+    s5 = 0.0
+    s3 = 0.0
+    for b0 in range(lo, hi, _BS):
+        b1 = min(b0 + _BS, hi)
+        bs = b1 - b0
+        buf5[:bs] = 0.0
+        for j in range(ne):
+            c = e[j]
+            if c != 0.0:
+                kj = K[j, b0:b1]
+                for i in range(bs):
+                    buf5[i] += c * kj[i]
+        if has_e3:
+            buf3[:bs] = 0.0
+            for j in range(ne3):
+                c = e3[j]
+                if c != 0.0:
+                    kj = K[j, b0:b1]
+                    for i in range(bs):
+                        buf3[i] += c * kj[i]
+        yy = y[b0:b1]
+        yn = y_new[b0:b1]
+        if has_ref:
+            rr = ref[b0:b1]
+            for i in range(bs):
+                sc[i] = atol + rtol * max(abs(yy[i] - rr[i]), abs(yn[i] - rr[i]))
+        else:
+            for i in range(bs):
+                sc[i] = atol + rtol * max(abs(yy[i]), abs(yn[i]))
+        for i in range(bs):
+            r = buf5[i] / sc[i]
+            s5 += r * r
+        if has_e3:
+            for i in range(bs):
+                r = buf3[i] / sc[i]
+                s3 += r * r
+    return s5, s3
+
+
+@njit(cache=True)
+def errsq_serial(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol):
+    """``(sum (err5/sc)^2, sum (err3/sc)^2)`` over the whole state (float64)."""
+    return _errsq_range(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, 0, y.shape[0])
+
+
+@njit(cache=True, parallel=True)
+def errsq_parallel(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, nchunks):
+    N = y.shape[0]
+    s5 = 0.0
+    s3 = 0.0
+    for c in prange(nchunks):
+        a, b = _errsq_range(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol,
+                            (c * N) // nchunks, ((c + 1) * N) // nchunks)
+        s5 += a
+        s3 += b
+    return s5, s3
+
+
+@njit(cache=True, fastmath=_FM)
+def _nonfinite_range(a, lo, hi):
+    s = 0.0
+    x = a[lo:hi]
+    for i in range(hi - lo):
+        s += x[i] * 0.0          # NaN iff some entry is NaN or infinite
+    return s != s
+
+
+@njit(cache=True)
+def nonfinite_serial(a):
+    """Whether ``a`` holds a NaN or an infinity (one branch-free pass)."""
+    return _nonfinite_range(a, 0, a.shape[0])
+
+
+@njit(cache=True, parallel=True)
+def nonfinite_parallel(a, nchunks):
+    N = a.shape[0]
+    bad = 0
+    for c in prange(nchunks):
+        if _nonfinite_range(a, (c * N) // nchunks, ((c + 1) * N) // nchunks):
+            bad += 1
+    return bad > 0

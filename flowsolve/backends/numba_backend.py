@@ -1,0 +1,310 @@
+"""The Numba backend: fused, cached CPU kernels for the right-hand sides and the RK stages.
+
+Same arrays as the NumPy backend (``xp = numpy``); what changes is who does the work:
+
+- two-layer RHS, small ``n d``: a fused streaming kernel (two passes over the neurons, no
+  n x m temporaries) from :mod:`._nb_two_layer`, serial below ``parallel_threshold``
+  neurons and ``prange`` above;
+- two-layer RHS, ``n >= 16`` and ``d >= 7``: BLAS for ``W Xs^T`` and ``G Xt``, the
+  activation, the output reduction and the error scaling fused in one pass around them;
+- every activation of :mod:`flowsolve.models.activations` has a kernel; a model without a
+  kernel (an unknown model name, or an activation added later) falls back to the model's
+  own NumPy code, with a warning saying so;
+- ``combine`` / ``error_norm`` / ``all_finite`` are single fused passes (:mod:`._nb_stages`).
+
+Threads. The thread count is ``threads=`` if given, else Numba's (``NUMBA_NUM_THREADS``).
+Two thread pools must not spin against each other on few cores (PERFORMANCE.md pitfall 1):
+importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` for Numba's OpenMP layer unless the
+user set it (idle OpenMP threads then sleep instead of spinning); the BLAS path runs its
+Numba kernels serially, so only BLAS threads are busy there; and with ``threads=`` the BLAS
+thread count is limited to the same number during the BLAS path's matrix products.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import numpy as np
+
+if "OMP_WAIT_POLICY" not in os.environ:  # before Numba's OpenMP runtime starts
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+import numba  # noqa: E402
+
+from ..errors import ConfigError  # noqa: E402
+from . import _nb_stages as st  # noqa: E402
+from . import _nb_two_layer as tl  # noqa: E402
+from ._nb_activations import CODES  # noqa: E402
+
+__all__ = ["NumbaBackend"]
+
+#: elements of a block of pre-activations on the BLAS path (32 MiB in float64)
+_BLAS_BLOCK = 1 << 22
+
+
+class _BlasThreads:
+    """Context manager limiting the BLAS thread pools to ``n`` threads (threadpoolctl)."""
+
+    _controllers = None
+
+    def __init__(self, n):
+        self.n = n
+        self.saved = ()
+
+    @classmethod
+    def _libs(cls):
+        if cls._controllers is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+                cls._controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+            except Exception:  # pragma: no cover - threadpoolctl missing or failing
+                cls._controllers = []
+        return cls._controllers
+
+    def __enter__(self):
+        libs = self._libs()
+        self.saved = [(lc, lc.num_threads) for lc in libs]
+        for lc in libs:
+            lc.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        for lc, k in self.saved:
+            lc.set_num_threads(k)
+        return False
+
+
+class NumbaBackend:
+    """Fused Numba CPU kernels behind the backend protocol (see :mod:`flowsolve.backends`).
+
+    Parameters
+    ----------
+    threads : int, optional
+        Threads of the parallel kernels (and of BLAS on the BLAS path); default Numba's
+        thread count, which follows ``NUMBA_NUM_THREADS``. At most
+        ``numba.config.NUMBA_NUM_THREADS``.
+    parallel_threshold : int
+        Neurons from which the fused RHS kernel runs in parallel (serial below: waking the
+        thread pool costs more than it saves).
+    stage_threshold : int
+        State length from which the stage kernels run in parallel.
+    path : {"auto", "fused", "blas"}
+        Two-layer RHS kernel family: ``auto`` takes BLAS when ``n >= 16`` and ``d >= 7``.
+    """
+
+    name = "numba"
+    xp = np
+
+    def __init__(self, threads=None, parallel_threshold=30_000, stage_threshold=100_000,
+                 path="auto"):
+        limit = numba.config.NUMBA_NUM_THREADS
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) \
+                    or not 1 <= threads <= limit:
+                raise ConfigError(f"threads must be an integer from 1 to {limit} "
+                                  f"(NUMBA_NUM_THREADS), got {threads!r}")
+            threads = int(threads)
+        self.user_threads = threads
+        for label, v in (("parallel_threshold", parallel_threshold),
+                         ("stage_threshold", stage_threshold)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"{label} must be a positive integer, got {v!r}")
+        if path not in ("auto", "fused", "blas"):
+            raise ConfigError(f"path must be 'auto', 'fused' or 'blas', got {path!r}")
+        self.parallel_threshold = int(parallel_threshold)
+        self.stage_threshold = int(stage_threshold)
+        self.path = path
+        self._coef = {}
+
+    # -- threads ---------------------------------------------------------------------
+    @property
+    def threads(self) -> int:
+        """Threads the parallel kernels use."""
+        return self.user_threads if self.user_threads is not None else numba.get_num_threads()
+
+    def _par(self, size, threshold) -> int:
+        """Number of chunks for a parallel kernel on ``size`` items, or 0 for serial."""
+        k = self.threads
+        if k < 2 or size < threshold:
+            return 0
+        if self.user_threads is not None:
+            numba.set_num_threads(k)
+        return k
+
+    def blas_threads(self):
+        """Context manager: BLAS limited to ``threads`` (a no-op unless ``threads=`` was set)."""
+        return _BlasThreads(self.user_threads) if self.user_threads is not None else _NoLimit()
+
+    # -- arrays ----------------------------------------------------------------------
+    def asarray(self, a, dtype=np.float64):
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype=dtype)
+
+    # -- model kernels ---------------------------------------------------------------
+    def kernel_plan(self, model, data) -> str:
+        """Which kernel :meth:`make_rhs` uses: ``fused``, ``blas`` or ``numpy`` (fallback)."""
+        if getattr(model, "name", None) != "two_layer":
+            return "numpy"
+        if getattr(model.activation, "name", None) not in CODES:
+            return "numpy"
+        if self.path != "auto":
+            return self.path
+        return "blas" if (data.n >= 16 and data.d >= 7) else "fused"
+
+    def _fallback(self, model, why):
+        warnings.warn(f"numba backend: {why}; using the model's NumPy code instead",
+                      RuntimeWarning, stacklevel=3)
+
+    def make_rhs(self, model, data, dtype):
+        """``rhs(y, out) -> loss`` for ``model`` on ``data`` in ``dtype`` (see the module doc)."""
+        plan = self.kernel_plan(model, data)
+        if plan == "numpy":
+            self._fallback(model, self._why(model))
+            return model.make_rhs(np, data, dtype)
+        k = _TwoLayerKernels(self, model, data, dtype)
+        return k.rhs_blas if plan == "blas" else k.rhs_fused
+
+    def make_loss(self, model, data, dtype):
+        """``loss(y) -> float`` (one forward pass)."""
+        if self.kernel_plan(model, data) == "numpy":
+            return model.make_loss(np, data, dtype)
+        return _TwoLayerKernels(self, model, data, dtype).loss
+
+    @staticmethod
+    def _why(model):
+        if getattr(model, "name", None) != "two_layer":
+            return f"no kernels for model {getattr(model, 'name', type(model).__name__)!r}"
+        return f"no kernel for activation {model.activation.name!r}"
+
+    # -- Runge-Kutta stage arithmetic ------------------------------------------------
+    def _array(self, coeffs):
+        key = id(coeffs)
+        hit = self._coef.get(key)
+        if hit is not None and hit[0] is coeffs:
+            return hit[1]
+        arr = np.ascontiguousarray(coeffs, dtype=np.float64).ravel()
+        if isinstance(coeffs, tuple):
+            self._coef[key] = (coeffs, arr)
+        return arr
+
+    def combine(self, out, y, h, K, coeffs):
+        """``out = y + h sum_j coeffs[j] K[j]`` in one pass (K: (>= len(coeffs), N))."""
+        c = self._array(coeffs)
+        nc = self._par(y.shape[0], self.stage_threshold)
+        if nc:
+            st.combine_parallel(out, y, K, c, float(h), nc)
+        else:
+            st.combine_serial(out, y, K, c, float(h))
+        return out
+
+    def error_norm(self, y, y_new, h, K, e, rtol, atol, e3=None, ref=None):
+        """Scaled RMS norm of ``h sum_j e_j K[j]`` in one pass (same definition as NumPy's:
+        scale ``atol + rtol max(|y - ref|, |y_new - ref|)``; DOP853's two estimates with
+        ``e3``)."""
+        ea = self._array(e)
+        has_e3 = e3 is not None
+        e3a = self._array(e3) if has_e3 else ea
+        has_ref = ref is not None
+        r = ref if has_ref else y
+        N = y.shape[0]
+        nc = self._par(N, self.stage_threshold)
+        if nc:
+            n5, n3 = st.errsq_parallel(y, y_new, r, has_ref, K, ea, e3a, has_e3,
+                                       float(rtol), float(atol), nc)
+        else:
+            n5, n3 = st.errsq_serial(y, y_new, r, has_ref, K, ea, e3a, has_e3,
+                                     float(rtol), float(atol))
+        if not has_e3:
+            return abs(h) * math.sqrt(n5 / N)
+        if n5 == 0.0 and n3 == 0.0:
+            return 0.0
+        return abs(h) * n5 / math.sqrt((n5 + 0.01 * n3) * N)
+
+    def all_finite(self, a) -> bool:
+        nc = self._par(a.shape[0], self.stage_threshold) if a.ndim == 1 else 0
+        if a.ndim != 1:
+            return bool(np.isfinite(a).all())
+        return not (st.nonfinite_parallel(a, nc) if nc else st.nonfinite_serial(a))
+
+
+class _NoLimit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _TwoLayerKernels:
+    """The two-layer RHS and loss of one (model, data, dtype), bound to Numba kernels."""
+
+    def __init__(self, be, model, data, dtype):
+        self.be = be
+        dtype = np.dtype(dtype)
+        n, D = data.n, data.d + 1
+        cf, ca, cw, s = model.coefficients()
+        xt = data.x_tilde()
+        self.n, self.D, self.M = n, D, model.n_neurons
+        self.xt = np.ascontiguousarray(xt, dtype=dtype)            # (n, D)
+        self.xs = np.ascontiguousarray(s * xt, dtype=dtype)        # (n, D), scaled inputs
+        self.xsT = np.ascontiguousarray(self.xs.T)                 # (D, n)
+        self.Y = np.ascontiguousarray(data.y, dtype=np.float64)    # (n,)
+        self.cf, self.ca_n, self.cw_n = float(cf), -float(ca) / n, -float(cw) / n
+        self.kern = tl.kernels(CODES[model.activation.name])
+        self.dtype = dtype
+        self.rows = min(self.M, max(256, _BLAS_BLOCK // n))        # BLAS block of neurons
+        self._pre = None
+
+    # -- fused streaming ----------------------------------------------------------------
+    def rhs_fused(self, y, out):
+        """Write ``dy/dt`` (P,) into ``out``; return the loss at ``y``."""
+        nc = self.be._par(self.M, self.be.parallel_threshold)
+        if nc:
+            return self.kern.rhs_parallel(y, out, self.M, self.xs, self.xt, self.Y, self.cf,
+                                          self.ca_n, self.cw_n, nc)
+        return self.kern.rhs_serial(y, out, self.M, self.xs, self.xt, self.Y, self.cf,
+                                    self.ca_n, self.cw_n)
+
+    def outputs(self, y) -> np.ndarray:
+        """``sum_k a_k sigma(s w_k . x~_i)`` (n,) in float64 (``f = cf * outputs``)."""
+        nc = self.be._par(self.M, self.be.parallel_threshold)
+        if nc:
+            return self.kern.forward_parallel(y, self.M, self.xs, nc)
+        return self.kern.forward_serial(y, self.M, self.xs)
+
+    def loss(self, y) -> float:
+        r = self.cf * self.outputs(y) - self.Y
+        return float(r @ r) / (2.0 * self.n)
+
+    # -- BLAS ---------------------------------------------------------------------------
+    def rhs_blas(self, y, out):
+        """As :meth:`rhs_fused`, with the matrix products in BLAS (blocks of ``rows``)."""
+        M, D, n, B = self.M, self.D, self.n, self.rows
+        if self._pre is None:
+            self._pre = np.empty((B, n), dtype=self.dtype)
+        a, W = y[:M], y[M:].reshape(M, D)
+        oa, OW = out[:M], out[M:].reshape(M, D)
+        f = np.zeros(n)
+        with self.be.blas_threads():
+            for b0 in range(0, M, B):
+                b1 = min(M, b0 + B)
+                P = self._pre[:b1 - b0]
+                np.matmul(W[b0:b1], self.xsT, out=P)
+                self.kern.blas_forward(P, a[b0:b1], f)
+            r = self.cf * f - self.Y
+            e = r.astype(self.dtype)
+            for b0 in range(0, M, B):
+                b1 = min(M, b0 + B)
+                P = self._pre[:b1 - b0]
+                if B < M:
+                    np.matmul(W[b0:b1], self.xsT, out=P)
+                self.kern.blas_backward(P, a[b0:b1], e, self.ca_n, self.cw_n, oa[b0:b1])
+                np.matmul(P, self.xt, out=OW[b0:b1])
+        return float(r @ r) / (2.0 * n)
