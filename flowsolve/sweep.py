@@ -61,6 +61,8 @@ class SweepReport:
         Runs computed now whose status is not success.
     wall_time : float
         Seconds from start to end (cluster start-up included).
+    tasks : int
+        Dask tasks submitted (runs are batched into tasks).
     """
 
     out: str
@@ -69,6 +71,7 @@ class SweepReport:
     ran: int = 0
     failed: list = field(default_factory=list)
     wall_time: float = 0.0
+    tasks: int = 0
 
 
 # -- one run (executed on a worker) ------------------------------------------------------
@@ -113,6 +116,17 @@ def execute_run(spec: SweepSpec, run: Run, session: str = ""):
     return ds
 
 
+def _save(ds, path):
+    """:func:`flowsolve.io.save` with a plain thread lock: inside a process that has a
+    Dask distributed client (workers, and the client of ``write_on="client"``) xarray
+    would otherwise take a distributed lock on the scheduler for every write (a round
+    trip each, seconds on a busy machine)."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        io.save(ds, path)
+
+
 def _record(run, ds, seconds):
     return {"name": run.name, "index": run.index, "status": str(ds.attrs["status"]),
             "message": str(ds.attrs.get("message", "")), "seconds": seconds}
@@ -125,7 +139,7 @@ def _run_batch(spec, runs, out, session, write_on):
         t0 = time.perf_counter()
         ds = execute_run(spec, run, session)
         if write_on == "worker":
-            io.save(ds, os.path.join(out, run.filename))
+            _save(ds, os.path.join(out, run.filename))
             records.append(_record(run, ds, time.perf_counter() - t0))
         else:
             rec = _record(run, ds, time.perf_counter() - t0)
@@ -309,6 +323,7 @@ def _feed(client, spec, todo, out, batch_seconds, write_on, report, bar):
             fut = client.submit(_run_batch, spec, batch, out, session, write_on, pure=False,
                                 key=f"flowsolve-sweep-{session}-{batch[0].index}")
             inflight[fut] = batch
+            report.tasks += 1
             ac.add(fut)
 
     try:
@@ -321,7 +336,7 @@ def _feed(client, spec, todo, out, batch_seconds, write_on, report, bar):
                 records = _record_lost(spec, batch, out, session, exc)
             for run, rec in zip(batch, records):
                 if "dataset" in rec:
-                    io.save(rec.pop("dataset"), os.path.join(out, run.filename))
+                    _save(rec.pop("dataset"), os.path.join(out, run.filename))
                 rate["seconds"] += rec["seconds"]
                 rate["cost"] += costs[run.index]
                 report.ran += 1
@@ -349,7 +364,7 @@ def _record_lost(spec, batch, out, session, exc):
             continue
         ds = _failure_dataset(spec, f"task lost: {type(exc).__name__}: {exc}")
         ds.attrs.update(_run_attrs(spec, run, session))
-        io.save(ds, path)
+        _save(ds, path)
         records.append(_record(run, ds, 0.0))
     return records
 

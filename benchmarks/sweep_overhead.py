@@ -1,0 +1,150 @@
+"""Overhead of running a sweep on Dask distributed vs the same runs in a plain loop.
+
+Two sets of runs on the four points of [L21] (two-layer ReLU, ASI, dopri5):
+
+- ``small``: many tiny runs (default 500 at m = 100, rtol 1e-4, to loss 1e-4); batching
+  groups them into tasks of about ``--batch-seconds``;
+- ``large``: runs of >= 50 ms each (default 64 at m = 2000, rtol 1e-5), one task each.
+
+For each set: the plain loop (``execute_run`` + save, one process, no Dask), then
+``run_sweep`` on a LocalCluster with 1 and with 2 worker processes (started before the
+timing, with one warm-up run per worker; its start-up time is reported separately).
+Speed-up = loop / sweep, parallel efficiency = speed-up / workers, wall overhead per run =
+(workers x sweep - loop) / runs; CPU overhead per run = (CPU of workers + scheduler +
+client - CPU of the loop) / runs, which a busy machine distorts less than wall time.
+
+    .venv/bin/python benchmarks/sweep_overhead.py            # both sets
+    .venv/bin/python benchmarks/sweep_overhead.py --quick    # 100 small + 16 large runs
+
+The machine may be shared: compare numbers from one invocation only, and rerun if the
+load average (printed) was high.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+import flowsolve as fs
+from flowsolve.sweep import WORKER_ENV, _save, execute_run
+
+
+def make_spec(n_runs, width, rtol):
+    """About ``n_runs`` runs: 5 gamma' x G gamma x S seeds at one width."""
+    n_g = max(1, int(round(np.sqrt(n_runs / 5))))
+    n_s = max(1, int(np.ceil(n_runs / (5 * n_g))))
+    return fs.SweepSpec(
+        grid={"gamma": [round(float(g), 4) for g in np.linspace(0.5, 1.0, n_g)],
+              "gamma_prime": [-0.2, -0.1, 0.0, 0.1, 0.2]},
+        widths=[width], seeds=list(range(n_s)),
+        solver={"method": "dopri5", "rtol": rtol, "atol": rtol * 1e-3, "stop_at_loss": 1e-4,
+                "t_end": 1e6},
+        save={"params": False})
+
+
+def plain_loop(spec, out):
+    t0, c0 = time.perf_counter(), time.process_time()
+    for run in spec.runs():
+        _save(execute_run(spec, run), os.path.join(out, run.filename))
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _warm(spec, tmp):
+    """Imports and first-call costs on a worker: one run of the spec, saved."""
+    run = spec.runs()[0]
+    _save(execute_run(spec, run), os.path.join(tmp, f"warm-{os.getpid()}.nc"))
+
+
+def _cpu(client):
+    """CPU seconds used so far by the workers, the scheduler and this process (the
+    scheduler of a LocalCluster lives in this process: counted once)."""
+    cpu = sum(client.run(time.process_time).values()) + time.process_time()
+    if client.run_on_scheduler(os.getpid) != os.getpid():
+        cpu += client.run_on_scheduler(time.process_time)
+    return cpu
+
+
+def sweep_on(spec, out, workers, batch_seconds):
+    from distributed import Client, LocalCluster
+
+    t0 = time.perf_counter()
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=":0", silence_logs=logging.ERROR, env=WORKER_ENV)
+    client = Client(cluster)
+    client.run(_warm, spec, os.path.dirname(out))         # imports, first save
+    startup = time.perf_counter() - t0
+    try:
+        c0 = _cpu(client)
+        rep = fs.run_sweep(spec, out=out, scheduler=client, progress=False,
+                           batch_seconds=batch_seconds)
+        cpu = _cpu(client) - c0
+        assert rep.ran == rep.total and not rep.failed, rep.failed[:3]
+    finally:
+        client.close()
+        cluster.close()
+    return rep.wall_time, cpu, startup, rep.tasks
+
+
+def bench(label, spec, workers_list, batch_seconds):
+    runs = len(spec.runs())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fs-bench-") as tmp:
+        _warm(spec, tmp)
+        t_loop, cpu_loop = plain_loop(spec, os.path.join(tmp, "loop"))
+        rows.append((label, runs, "plain loop", t_loop, cpu_loop, float("nan"), runs, 1.0, 1.0,
+                     0.0, 0.0))
+        for w in workers_list:
+            out = os.path.join(tmp, f"w{w}")
+            t, cpu, startup, tasks = sweep_on(spec, out, w, batch_seconds)
+            speed = t_loop / t
+            rows.append((label, runs, f"{w} worker{'s' if w > 1 else ''}", t, cpu, startup,
+                         tasks, speed, speed / w, (w * t - t_loop) / runs * 1e3,
+                         (cpu - cpu_loop) / runs * 1e3))
+            shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small-runs", type=int, default=500)
+    ap.add_argument("--small-width", type=int, default=100)
+    ap.add_argument("--large-runs", type=int, default=64)
+    ap.add_argument("--large-width", type=int, default=2000)
+    ap.add_argument("--batch-seconds", type=float, default=1.0)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--quick", action="store_true", help="100 small and 16 large runs")
+    args = ap.parse_args()
+    if args.quick:
+        args.small_runs, args.large_runs = 100, 16
+    print(f"# flowsolve {fs.__version__}, {os.cpu_count()} CPUs, load average before: "
+          f"{os.getloadavg()[0]:.2f}")
+    rows = []
+    if args.small_runs:
+        rows += bench(f"small m={args.small_width}",
+                      make_spec(args.small_runs, args.small_width, 1e-4), args.workers,
+                      args.batch_seconds)
+    if args.large_runs:
+        rows += bench(f"large m={args.large_width}",
+                      make_spec(args.large_runs, args.large_width, 1e-5), args.workers,
+                      args.batch_seconds)
+    print("| set | runs | engine | tasks | wall s | wall/run ms | CPU s | cluster start s "
+          "| speed-up | efficiency | overhead wall ms/run | overhead CPU ms/run |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, runs, eng, t, cpu, startup, tasks, speed, eff, over, over_cpu in rows:
+        loop = eng == "plain loop"
+        st = "" if loop else f"{startup:.1f}"
+        ov = "" if loop else f"{over:.1f}"
+        oc = "" if loop else f"{over_cpu:.1f}"
+        print(f"| {label} | {runs} | {eng} | {tasks} | {t:.2f} | {t / runs * 1e3:.1f} | "
+              f"{cpu:.2f} | {st} | {speed:.2f} | {eff:.2f} | {ov} | {oc} |")
+    print(f"# load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
