@@ -167,8 +167,8 @@ def test_dopri5_trajectory_same_on_both_backends():
     model = fs.TwoLayer(width=200, scaling=fs.Scaling.from_gammas(1.0, 0.0, width=200),
                         activation="tanh", asi=True)
     data = fs.datasets.four_points()
-    kw = dict(method="dopri5", rtol=1e-7, atol=1e-10, t_end=1e3, stop_at_loss=1e-5,
-              progress=False)
+    kw = {"method": "dopri5", "rtol": 1e-7, "atol": 1e-10, "t_end": 1e3, "stop_at_loss": 1e-5,
+              "progress": False}
     p = fs.Problem(model, data, seed=0, backend="numba")
     s_nb = fs.solve(p, **kw)
     s_np = fs.solve(p, backend="numpy", **kw)
@@ -184,7 +184,7 @@ def test_dopri5_trajectory_same_on_both_backends():
 def test_gd_on_numba_matches_numpy():
     model = _model(300, "relu")
     data = fs.datasets.four_points()
-    kw = dict(method="gd", dt=0.05, t_end=20.0, progress=False)
+    kw = {"method": "gd", "dt": 0.05, "t_end": 20.0, "progress": False}
     a = fs.solve(fs.Problem(model, data, seed=1, backend="numba"), **kw)
     b = fs.solve(fs.Problem(model, data, seed=1, backend="numpy"), **kw)
     assert a.stats.steps == b.stats.steps == 400
@@ -194,7 +194,7 @@ def test_gd_on_numba_matches_numpy():
 def test_float32_solve_tracks_float64():
     model = _model(200, "relu")
     data = fs.datasets.four_points()
-    kw = dict(method="dopri5", rtol=1e-4, atol=1e-6, t_end=50.0, progress=False)
+    kw = {"method": "dopri5", "rtol": 1e-4, "atol": 1e-6, "t_end": 50.0, "progress": False}
     a = fs.solve(fs.Problem(model, data, seed=0, backend="numba", dtype="float32"), **kw)
     b = fs.solve(fs.Problem(model, data, seed=0, backend="numba"), **kw)
     assert a.y_final.dtype == np.float64

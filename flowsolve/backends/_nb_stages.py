@@ -12,6 +12,8 @@ Each exists serial and parallel (prange over chunks).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -128,7 +130,7 @@ def _nonfinite_range(a, lo, hi):
     x = a[lo:hi]
     for i in range(hi - lo):
         s += x[i] * 0.0          # NaN iff some entry is NaN or infinite
-    return s != s
+    return math.isnan(s)
 
 
 @njit(cache=True)

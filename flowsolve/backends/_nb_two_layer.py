@@ -151,7 +151,7 @@ def kernels(code: int) -> SimpleNamespace:
         return _KERNELS[code]
 
     def forward_serial(y, M, xs):
-        n, D = xs.shape
+        n, _D = xs.shape
         f = np.zeros(n)
         _fwd_chunk(y[:M], y[M:], xs, code, f)
         return f
@@ -168,7 +168,7 @@ def kernels(code: int) -> SimpleNamespace:
         return f
 
     def rhs_serial(y, out, M, xs, xt, Y, cf, ca_n, cw_n):
-        n, D = xs.shape
+        n, _D = xs.shape
         f = np.zeros(n)
         _fwd_chunk(y[:M], y[M:], xs, code, f)
         r = cf * f - Y

@@ -31,12 +31,12 @@ import numpy as np
 if "OMP_WAIT_POLICY" not in os.environ:  # before Numba's OpenMP runtime starts
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
-import numba  # noqa: E402
+import numba
 
-from ..errors import ConfigError  # noqa: E402
-from . import _nb_stages as st  # noqa: E402
-from . import _nb_two_layer as tl  # noqa: E402
-from ._nb_activations import CODES  # noqa: E402
+from ..errors import ConfigError
+from . import _nb_stages as st
+from . import _nb_two_layer as tl
+from ._nb_activations import CODES
 
 __all__ = ["NumbaBackend"]
 
@@ -59,7 +59,7 @@ class _BlasThreads:
             try:
                 from threadpoolctl import ThreadpoolController
                 cls._controllers = ThreadpoolController().select(user_api="blas").lib_controllers
-            except Exception:  # pragma: no cover - threadpoolctl missing or failing
+            except Exception:  # noqa: BLE001 - threadpoolctl missing or failing: no limit
                 cls._controllers = []
         return cls._controllers
 
