@@ -119,6 +119,30 @@ def test_derivative_matches_finite_differences():
         assert abs(-mob[j] * g - out[j]) <= 1e-6 * (abs(out[j]) + np.abs(out).max() * 1e-3)
 
 
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("asi,frozen", [(False, ()), (True, ()), (True, ("w2",)),
+                                         (False, ("w1", "a"))])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_three_layer_lockstep(act, asi, frozen, dtype):
+    model = fs.ThreeLayer(width=40, width2=24, activation=act, asi=asi, frozen=frozen)
+    data = _data(5, 3)
+    assert NumbaBackend().kernel_plan(model, data) == "three_layer"
+    ref = fs.Problem(model, data, seed=2, backend="numpy", dtype=dtype)
+    nb = fs.Problem(model, data, seed=2, backend="numba", dtype=dtype)
+    y = _perturbed(ref)
+    o_ref, o_nb = np.empty_like(y), np.empty_like(y)
+    l_ref, l_nb = ref.rhs_into(y, o_ref), nb.rhs_into(y, o_nb)
+    tol = TOL[dtype]
+    assert abs(l_nb - l_ref) <= tol * l_ref
+    assert abs(nb.loss(y) - ref.loss(y)) <= tol * l_ref
+    n1, n2, _ = model.sizes(data.d)
+    for sl in (slice(0, n1), slice(n1, n1 + n2), slice(n1 + n2, None)):
+        scale = np.abs(o_ref[sl]).max()
+        assert np.abs(o_nb[sl] - o_ref[sl]).max() <= tol * scale
+        if scale == 0:
+            assert not o_nb[sl].any()
+
+
 # -- stage arithmetic ------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["dopri5", "dop853", "bs3"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

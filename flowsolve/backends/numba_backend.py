@@ -7,6 +7,8 @@ Same arrays as the NumPy backend (``xp = numpy``); what changes is who does the 
   neurons and ``prange`` above;
 - two-layer RHS, ``n >= 16`` and ``d >= 7``: BLAS for ``W Xs^T`` and ``G Xt``, the
   activation, the output reduction and the error scaling fused in one pass around them;
+- three-layer RHS: BLAS for the three m x m products, the elementwise work around them
+  fused into four passes (:mod:`._nb_three_layer`);
 - every activation of :mod:`flowsolve.models.activations` has a kernel; a model without a
   kernel (an unknown model name, or an activation added later) falls back to the model's
   own NumPy code, with a warning saying so;
@@ -37,6 +39,7 @@ from ..errors import ConfigError
 from . import _nb_stages as st
 from . import _nb_two_layer as tl
 from ._nb_activations import CODES
+from ._nb_three_layer import ThreeLayerKernels
 
 __all__ = ["NumbaBackend"]
 
@@ -149,11 +152,15 @@ class NumbaBackend:
 
     # -- model kernels ---------------------------------------------------------------
     def kernel_plan(self, model, data) -> str:
-        """Which kernel :meth:`make_rhs` uses: ``fused``, ``blas`` or ``numpy`` (fallback)."""
-        if getattr(model, "name", None) != "two_layer":
+        """Which kernel :meth:`make_rhs` uses: ``fused`` or ``blas`` (two-layer),
+        ``three_layer``, or ``numpy`` (the model's own code)."""
+        name = getattr(model, "name", None)
+        if name not in ("two_layer", "three_layer"):
             return "numpy"
         if getattr(model.activation, "name", None) not in CODES:
             return "numpy"
+        if name == "three_layer":
+            return "three_layer"
         if self.path != "auto":
             return self.path
         return "blas" if (data.n >= 16 and data.d >= 7) else "fused"
@@ -168,18 +175,25 @@ class NumbaBackend:
         if plan == "numpy":
             self._fallback(model, self._why(model))
             return model.make_rhs(np, data, dtype)
+        if plan == "three_layer":
+            return ThreeLayerKernels(self, model, data, dtype,
+                                     CODES[model.activation.name]).rhs
         k = _TwoLayerKernels(self, model, data, dtype)
         return k.rhs_blas if plan == "blas" else k.rhs_fused
 
     def make_loss(self, model, data, dtype):
         """``loss(y) -> float`` (one forward pass)."""
-        if self.kernel_plan(model, data) == "numpy":
+        plan = self.kernel_plan(model, data)
+        if plan == "numpy":
             return model.make_loss(np, data, dtype)
+        if plan == "three_layer":
+            return ThreeLayerKernels(self, model, data, dtype,
+                                     CODES[model.activation.name]).loss
         return _TwoLayerKernels(self, model, data, dtype).loss
 
     @staticmethod
     def _why(model):
-        if getattr(model, "name", None) != "two_layer":
+        if getattr(model, "name", None) not in ("two_layer", "three_layer"):
             return f"no kernels for model {getattr(model, 'name', type(model).__name__)!r}"
         return f"no kernel for activation {model.activation.name!r}"
 
