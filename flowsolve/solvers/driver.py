@@ -12,6 +12,7 @@ from .._validate import positive_float, positive_int
 from ..errors import ConfigError
 from .rk import RKStepper, StepFailure, secant_crossing
 from .scipy_ivp import SCIPY_METHODS, ScipyStepper
+from .auto import STRUCTURED, build_structured
 from .solution import Solution
 from .status import Stats, Status
 from .tableaus import ADAPTIVE, get_tableau
@@ -21,6 +22,7 @@ __all__ = ["solve", "log_grid", "METHODS"]
 #: fixed-step methods need ``dt`` (or ``lr`` for gd)
 FIXED_STEP = ("gd", "euler", "rk4")
 METHODS = ADAPTIVE + FIXED_STEP + tuple(f"scipy:{m}" for m in SCIPY_METHODS)
+METHODS = METHODS + STRUCTURED
 
 
 def log_grid(t_end: float, t_min: float = 1e-3, per_decade: int = 10) -> np.ndarray:
@@ -204,6 +206,11 @@ def solve(problem, method: str = "dopri5", *, backend=None, rtol: float = 1e-6,
                                lambda y: problem.loss(y), problem.backend.to_numpy(problem.y0),
                                t_end, rtol, atol, first_step=first_step, status_enum=Status)
         mode = "interpolate"
+    elif method in STRUCTURED:
+        stepper = build_structured(method, problem, rtol=rtol, atol=atol, first_step=first_step,
+                                   error_ref=problem.y0 if error_norm == "displacement" else None,
+                                   status_enum=Status)
+        mode = "clip"
     else:
         tab = get_tableau("euler" if method == "gd" else method)
         ref = problem.y0 if error_norm == "displacement" else None
@@ -217,7 +224,8 @@ def solve(problem, method: str = "dopri5", *, backend=None, rtol: float = 1e-6,
                                  stop_at_loss, max_steps, progress, method)
     stats = Stats(nfev=stepper.nfev, njev=getattr(stepper, "njev", 0), steps=stepper.steps,
                   rejected=stepper.rejected, wall_time=time.perf_counter() - t_wall,
-                  method=method)
+                  method=getattr(stepper, "method_name", method))
+    stats.extra.update(getattr(stepper, "extra_stats", {}))
     if hasattr(stepper, "loss_evals"):
         stats.extra["loss_evals"] = stepper.loss_evals
     options = {"method": method, "rtol": rtol, "atol": atol, "t_end": t_end,

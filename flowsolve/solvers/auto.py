@@ -1,0 +1,84 @@
+"""Structure-aware methods and ``method="auto"``.
+
+``build_structured`` constructs the steppers of the methods listed in :data:`STRUCTURED`
+for :func:`flowsolve.solvers.driver.solve`:
+
+- ``"expgn2"``: exponential (ETD2RK) steps with the Gauss-Newton linearisation
+  (:mod:`.exponential`); needs ``model.make_jacobian``.
+- ``"sliding"``: explicit Runge-Kutta (Dormand-Prince 5(4)) on the ReLU flow with
+  sliding neurons held on their switching surfaces (:mod:`.sliding`); needs
+  ``model.make_switching`` (ReLU family).
+- ``"auto"``: picks one of them from the problem (see :func:`choose`), and records the
+  choice as ``stepper.method_name`` (``Stats.method``, attribute ``stats_method``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import ConfigError
+
+__all__ = ["STRUCTURED", "build_structured", "choose"]
+
+STRUCTURED = ("auto", "expgn2", "sliding")
+
+
+def choose(problem) -> tuple[str, str]:
+    """The method ``"auto"`` runs on ``problem``, and why.
+
+    Rules (docs/benchmarks.md, "Beating gradient descent", has the measurements):
+
+    - models without Gauss-Newton structure: ``dopri5``;
+    - ReLU-family two-layer models in the condensed regime (``gamma > 1`` and
+      ``gamma' < gamma - 1`` at the model's width, THEORY.md section 2), where neurons
+      slide along switching surfaces: ``"sliding"``;
+    - everything else (linear and critical regimes, smooth activations): ``"expgn2"``.
+    """
+    model = problem.model
+    if not hasattr(model, "make_jacobian"):
+        return "dopri5", "model has no Gauss-Newton structure"
+    act = getattr(getattr(model, "activation", None), "name", "")
+    sc = model.scaling
+    g, gp = sc.gamma, sc.gamma_prime
+    if (act in ("relu", "leaky_relu") and hasattr(model, "make_switching")
+            and math.isfinite(g) and g > 1.0 and gp < g - 1.0):
+        return "sliding", f"condensed regime (gamma={g:.3g}, gamma'={gp:.3g}), ReLU kinks"
+    return "expgn2", "Gauss-Newton structure, linear/critical regime"
+
+
+def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=None,
+                     status_enum=None):
+    """The stepper for one of :data:`STRUCTURED` (``method_name`` says which ran)."""
+    if method not in STRUCTURED:
+        raise ConfigError(f"unknown structured method {method!r}; expected one of "
+                          f"{list(STRUCTURED)}")
+    name, why = choose(problem) if method == "auto" else (method, "requested")
+    be = problem.backend
+    model, data = problem.model, problem.data
+    if name == "expgn2":
+        if not hasattr(model, "make_jacobian"):
+            raise ConfigError(f"method 'expgn2' needs a model with make_jacobian, got "
+                              f"{type(model).__name__}")
+        from .exponential import ExpGNStepper
+        st = ExpGNStepper(model.make_jacobian(be.xp, data, problem.dtype), problem.rhs_into,
+                          be, problem.y0, rtol=rtol, atol=atol, dt=first_step,
+                          error_ref=error_ref, status_enum=status_enum)
+    elif name == "sliding":
+        if not hasattr(model, "make_switching"):
+            raise ConfigError(f"method 'sliding' needs a model with make_switching, got "
+                              f"{type(model).__name__}")
+        try:
+            sw = model.make_switching(be.xp, data, problem.dtype)
+        except ValueError as exc:
+            raise ConfigError(f"method 'sliding': {exc}") from None
+        from .sliding import SlidingStepper
+        st = SlidingStepper(sw, be, problem.y0, rtol=rtol, atol=atol, dt=first_step,
+                            error_ref=error_ref, status_enum=status_enum)
+    else:
+        from .rk import RKStepper
+        from .tableaus import get_tableau
+        st = RKStepper(get_tableau(name), problem.rhs_into, be, problem.y0, rtol=rtol,
+                       atol=atol, dt=first_step, error_ref=error_ref, status_enum=status_enum)
+    st.method_name = name
+    st.method_reason = why
+    return st

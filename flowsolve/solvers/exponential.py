@@ -1,0 +1,233 @@
+"""Exponential integrator with the Gauss-Newton linearisation of the squared loss.
+
+The flow ``dy/dt = f(y) = -C J(y)^T e(y) / n`` (``e`` the residual (n,), ``J = de/dy``
+(n, P), ``C`` a positive diagonal mobility) is split at the start ``y0`` of every step as
+``f(y) = f(y0) + A (y - y0) + g(y)`` with the Gauss-Newton matrix ``A = -C J0^T J0 / n``
+(rank n). One step is the second-order exponential Runge-Kutta method ETD2RK of Cox and
+Matthews, applied to that split (second order for any fixed ``A``)::
+
+    U  = y0 + h phi1(hA) f(y0)
+    y1 = U  + h phi2(hA) (f(U) - f(y0) - A (U - y0))
+
+and ``y1 - U`` (the nonlinearity the linearisation missed) is the embedded error estimate
+of the exponential Euler step ``U``. Because ``A`` has rank ``n``,
+``phi_k(hA) v = v / k! - (h/n) C J0^T phi_{k+1}(-h K/n) J0 v`` with the ``n x n`` Gram
+matrix ``K = J0 C J0^T``: every matrix function is taken of ``K/n`` by one symmetric
+eigendecomposition per accepted step, the ``P``-sized work is ``J v`` / ``C J^T u``
+products. For a flow that is linear in the parameters (the linearised/NTK model, frozen
+features) the step is exact, whatever ``h``.
+
+Work accounting (``njev``, in right-hand-side equivalents): a linearisation (forward pass)
+0.5, each ``J v`` or ``C J^T u`` 0.5, a Gram matrix ``linearize.gram_cost``. ``nfact``
+counts eigendecompositions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .rk import StepFailure
+
+__all__ = ["ExpGNStepper", "phi_functions"]
+
+
+def phi_functions(z, kmax=3):
+    """``phi_0 .. phi_kmax`` at ``z`` (array, z <= 0 expected), stable near 0.
+
+    ``phi_0 = exp``, ``phi_{k+1}(z) = (phi_k(z) - 1/k!) / z``, ``phi_k(0) = 1/k!``.
+    Returns a list of arrays of the shape of ``z``.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    small = np.abs(z) < 0.5
+    zs = np.where(small, z, 1.0)
+    zl = np.where(small, -1.0, z)
+    out = [np.exp(z)]
+    big = np.exp(zl)
+    fact = 1.0
+    for k in range(1, kmax + 1):
+        # large |z|: recursion; small |z|: Taylor series sum_j z^j / (j + k)!
+        big = (big - 1.0 / fact) / zl
+        fact *= k
+        ser = np.zeros_like(zs)
+        term = 1.0 / math.factorial(k)
+        for j in range(20):
+            ser += term
+            term = term * zs / (j + k + 1)
+        out.append(np.where(small, ser, big))
+    return out
+
+
+class ExpGNStepper:
+    """Adaptive ETD2RK steps with the Gauss-Newton linear part (see the module docstring).
+
+    Parameters
+    ----------
+    linearize : callable
+        ``linearize(y)`` -> object with ``e`` (n,), ``loss``, ``jv(v)`` (n,), ``cjt(u)``
+        (P,), ``gram()`` (n, n); the function has attributes ``n`` and ``gram_cost``
+        (``model.make_jacobian``).
+    rhs : callable
+        ``rhs(y, out) -> loss``.
+    backend : backend object
+    y0 : array, shape (P,)
+    rtol, atol : float
+        Tolerances of the scaled RMS norm of the local error estimate.
+    dt : float, optional
+        First step (default: from the largest Gram eigenvalue and the first-step
+        heuristic of the explicit engine).
+    error_ref : array, optional
+        Scale errors by ``|y - error_ref|`` (displacement control) instead of ``|y|``.
+    """
+
+    error_order = 1
+
+    def __init__(self, linearize, rhs, backend, y0, *, rtol=1e-6, atol=1e-9, dt=None,
+                 error_ref=None, status_enum=None, safety=0.9, max_factor=10.0):
+        self.linearize = linearize
+        self.rhs = rhs
+        self.be = backend
+        self.xp = backend.xp
+        self.rtol, self.atol = float(rtol), float(atol)
+        self.error_ref = error_ref
+        self.Status = status_enum
+        self.safety, self.max_factor = safety, max_factor
+        self.n = linearize.n
+        self.nfev = 0
+        self.njev_f = 0.0
+        self.nfact = 0
+        self.steps = 0
+        self.rejected = 0
+        self.t = self.t_old = 0.0
+        self.y = y0.copy()
+        self.y_old = y0.copy()
+        self.fU = backend.empty(y0.shape, y0.dtype)
+        self._set_point(self.y)
+        self.old = self.cur
+        self.loss = self.loss_old = self.cur[0].loss
+        self.err_prev = 1.0
+        self.h = float(dt) if dt is not None else self._initial_step()
+
+    @property
+    def njev(self) -> int:
+        return int(math.ceil(self.njev_f))
+
+    @property
+    def extra_stats(self) -> dict:
+        return {"factorizations": self.nfact, "jacobian_rhs_equiv": round(self.njev_f, 2)}
+
+    # -- linear algebra in the n-dimensional residual space -------------------------------
+    def _set_point(self, y):
+        lin = self.linearize(y)
+        K = self.be.to_numpy(lin.gram()) / self.n
+        lam, V = np.linalg.eigh(0.5 * (K + K.T))
+        lam = np.maximum(lam, 0.0)
+        self.njev_f += 0.5 + self.linearize.gram_cost
+        self.nfact += 1
+        self.cur = (lin, lam, V)
+
+    def _initial_step(self):
+        lin, lam, _ = self.cur
+        f0 = lin.cjt(-lin.e / self.n)
+        self.njev_f += 0.5
+        xp = self.xp
+        ref = self.error_ref
+        scale = self.atol + self.rtol * xp.abs(self.y if ref is None else self.y - ref)
+        d1 = float(xp.sqrt(xp.mean((f0 / scale) ** 2)))
+        if ref is None:
+            d0 = float(xp.sqrt(xp.mean((self.y / scale) ** 2)))
+            h = 0.01 * d0 / d1 if d1 > 0 and d0 > 1e-5 else 1e-6
+        else:
+            h = 0.01 / d1 if d1 > 0 else 1e-6
+        lmax = float(lam[-1]) if lam.size else 0.0
+        if lmax > 0:
+            h = max(h, 0.5 / lmax)
+        return h if math.isfinite(h) and h > 0 else 1e-6
+
+    def _apply(self, V, d, u):
+        """``V diag(d) V^T u`` for ``u`` (n,) on the backend."""
+        u_h = self.be.to_numpy(u).astype(np.float64)
+        return self.be.asarray(V @ (d * (V.T @ u_h)), u.dtype)
+
+    # -- one trial step -----------------------------------------------------------------
+    def attempt(self, y, point, h, y_out):
+        """ETD2RK-GN step of size ``h`` from ``y`` with ``point = (lin, lam, V)`` at ``y``.
+
+        Writes ``y1`` into ``y_out``; returns the error vector ``y1 - U`` (P,).
+        """
+        lin, lam, V = point
+        n = self.n
+        ph0, ph1, _, ph3 = phi_functions(-h * lam, 3)
+        e0 = lin.e
+        U = lin.cjt(self._apply(V, -h * ph1, e0) / n)
+        U += y
+        self._loss_U = self.rhs(U, self.fU)
+        self.nfev += 1
+        e_lin = self._apply(V, ph0, e0)
+        JD = lin.jv(self.fU) + self._apply(V, lam * ph0, e0)
+        r1 = 0.5 * h * e_lin - self._apply(V, h * h * ph3, JD)
+        err = lin.cjt(r1 / n)
+        err += (0.5 * h) * self.fU
+        self.njev_f += 1.5
+        self.xp.add(U, err, out=y_out)
+        return err
+
+    def _norm(self, y, y1, err):
+        xp = self.xp
+        ref = self.error_ref
+        if ref is None:
+            scale = xp.maximum(xp.abs(y), xp.abs(y1))
+        else:
+            scale = xp.maximum(xp.abs(y - ref), xp.abs(y1 - ref))
+        scale = self.atol + self.rtol * scale
+        return float(xp.sqrt(xp.mean((err / scale) ** 2)))
+
+    # -- one accepted step --------------------------------------------------------------
+    def step(self, t_stop: float = math.inf, h_min_rel: float = 1e-14):
+        """Advance to the next accepted state, never past ``t_stop``."""
+        S = self.Status
+        rejected_once = False
+        y1 = self.be.empty(self.y.shape, self.y.dtype)
+        k = self.error_order + 1
+        while True:
+            h = self.h
+            clipped = False
+            if self.t + h >= t_stop * (1 - 1e-13) - 1e-300:
+                h, clipped = t_stop - self.t, True
+            err_vec = self.attempt(self.y, self.cur, h, y1)
+            err = self._norm(self.y, y1, err_vec) if self.be.all_finite(y1) else math.nan
+            if math.isfinite(err) and err <= 1.0:
+                fac = self.max_factor if err == 0.0 else (
+                    self.safety * err ** (-0.7 / k) * self.err_prev ** (0.4 / k))
+                fac = min(self.max_factor, max(0.2, fac))
+                if rejected_once:
+                    fac = min(fac, 1.0)
+                self.err_prev = max(err, 1e-4)
+                if not clipped or h >= self.h:
+                    self.h = h * fac
+                break
+            self.rejected += 1
+            rejected_once = True
+            fac = 0.25 if not math.isfinite(err) else max(1e-3, self.safety * err ** (-1.0 / k))
+            self.h = h * min(fac, 0.9)
+            if self.h <= h_min_rel * max(abs(self.t), 1e-300):
+                kind = S.NON_FINITE if not math.isfinite(err) else S.STEP_UNDERFLOW
+                raise StepFailure(kind, f"step size underflow: h = {self.h:.3g} at "
+                                        f"t = {self.t:.6g} (exponential Gauss-Newton steps)")
+        self.y_old, self.y = self.y, y1
+        self.old = self.cur
+        self._set_point(self.y)
+        self.t_old, self.t = self.t, self.t + h
+        self.loss_old, self.loss = self.loss, self.cur[0].loss
+        if not math.isfinite(self.loss):
+            raise StepFailure(S.NON_FINITE, f"non-finite loss at t = {self.t:.6g}")
+        self.steps += 1
+
+    def state_at(self, t):
+        """State and loss at ``t`` in the last accepted step (re-stepping from its start)."""
+        out = self.be.empty(self.y.shape, self.y.dtype)
+        self.attempt(self.y_old, self.old, t - self.t_old, out)
+        lin = self.linearize(out)
+        self.njev_f += 0.5
+        return out, lin.loss
