@@ -22,7 +22,7 @@ products ``J v``, ``C J^T u`` costs about half an RHS; the Gram matrix costs
 
 from __future__ import annotations
 
-__all__ = ["Linearization", "make_linearize", "Switching"]
+__all__ = ["Linearization", "make_linearize", "Switching", "controls"]
 
 
 class _Consts:
@@ -126,6 +126,59 @@ def make_linearize(model, xp, data, dtype):
     return linearize
 
 
+def controls(xp, g, S, e, XX):
+    """Equivalent controls ``theta`` of sliding pairs (Filippov), in place in ``g``.
+
+    For every neuron ``k`` with sliding pairs ``I = {i : S[k, i]}`` solve
+    ``sum_j e_j g_kj XX_ji = 0`` for ``i`` in ``I`` with ``g_kj`` (j in I) unknown, i.e.
+    ``d/dt (w_k . x~_i) = 0`` (the velocity of the input weights is
+    ``-(c_w/n) a_k sum_j e_j g_kj x~_j``). A degenerate system (``e_i = 0``) gives the
+    least-squares solution.
+
+    Parameters
+    ----------
+    g : array (q, n)
+        ``sigma'`` of every pair (overwritten on sliding pairs).
+    S : bool array (q, n)
+    e : array (n,) or (q, n)
+        Residual (per neuron when 2-D).
+    XX : array (n, n)
+        ``x~_i . x~_j``.
+
+    Returns
+    -------
+    theta : array (q, n), zero outside ``S``.
+    """
+    theta = xp.zeros_like(g)
+    E = xp.broadcast_to(e, g.shape)
+    cnt = S.sum(axis=1)
+    single = xp.nonzero(cnt == 1)[0]
+    if single.size:
+        i = xp.argmax(S[single], axis=1)
+        r = xp.arange(single.size)
+        gs = g[single]
+        gs[r, i] = 0.0
+        Es = E[single]
+        num = ((gs * Es) @ XX)[r, i]
+        den = Es[r, i] * XX[i, i]
+        ok = den != 0
+        th = xp.where(ok, -num / xp.where(ok, den, 1.0), 0.0)
+        gs[r, i] = th
+        g[single] = gs
+        theta[single, i] = th
+    for k in xp.nonzero(cnt > 1)[0].tolist():                   # rare: several surfaces
+        idx = xp.nonzero(S[k])[0]
+        gk = g[k].copy()
+        gk[idx] = 0.0
+        rhs = -((gk * E[k]) @ XX[:, idx])
+        A = XX[xp.ix_(idx, idx)] * E[k][idx][None, :]
+        th = xp.linalg.lstsq(A, rhs, rcond=None)[0]
+        gk[idx] = th
+        g[k] = gk
+        theta[k, idx] = th
+    return theta
+
+
 class Switching:
     """The ReLU flow with sliding pairs held on their switching surfaces.
 
@@ -162,47 +215,11 @@ class Switching:
         return xp.where(pre > 0, 1.0, self.lo).astype(pre.dtype)
 
     def controls(self, y, pre, e, g):
-        """Equivalent controls for the sliding pairs at ``y``; writes them into ``g``.
-
-        Solves, per neuron with sliding pairs ``I``, ``sum_j e_j g_kj (x~_j . x~_i) = 0``
-        for ``i`` in ``I``, with ``g_kj`` free for ``j`` in ``I`` (``a_k != 0``; a neuron
-        with ``a_k = 0`` does not move its input weights and keeps any value).
-        Returns ``theta`` (M, n) (zero outside ``S``).
-        """
-        xp, c = self.c.xp, self.c
-        theta = xp.zeros_like(g)
+        """Equivalent controls of the sliding pairs at ``y``; writes them into ``g``
+        (M, n) and returns ``theta`` (M, n) (zero outside ``S``); see :func:`controls`."""
         if not self.n_sliding:
-            return theta
-        S = self.S
-        rows = xp.nonzero(S.any(axis=1))[0]
-        counts = S[rows].sum(axis=1)
-        XX = c.XX
-        single = rows[counts == 1]
-        if single.size:
-            i = xp.argmax(S[single], axis=1)                       # the sliding pair's point
-            gs = g[single]
-            gs[xp.arange(single.size), i] = 0.0
-            num = (gs * e) @ XX                                     # (k, n): sum_j e_j g_kj XX_ji
-            num = num[xp.arange(single.size), i]
-            den = e[i] * XX[i, i]
-            th = xp.where(den != 0, -num / xp.where(den != 0, den, 1.0), 0.0)
-            theta[single, i] = th
-            gs[xp.arange(single.size), i] = th
-            g[single] = gs
-        for k in rows[counts > 1].tolist():                         # rare: several surfaces
-            I = xp.nonzero(S[k])[0]
-            gk = g[k].copy()
-            gk[I] = 0.0
-            rhs = -((gk * e) @ XX[:, I])
-            A = XX[xp.ix_(I, I)] * e[I][None, :]
-            try:
-                th = xp.linalg.solve(A, rhs)
-            except Exception:                                       # singular: least squares
-                th = xp.linalg.lstsq(A, rhs, rcond=None)[0]
-            gk[I] = th
-            g[k] = gk
-            theta[k, I] = th
-        return theta
+            return self.c.xp.zeros_like(g)
+        return controls(self.c.xp, g, self.S, e, self.c.XX)
 
     def rhs(self, y, out):
         """The sliding-mode right-hand side; writes ``dy/dt`` into ``out``, returns the loss.
@@ -224,6 +241,165 @@ class Switching:
         g *= e
         xp.multiply(((-c.cw / c.n) * a)[:, None], g @ c.Xt, out=out[M:].reshape(M, D))
         return float(e @ e) / (2.0 * c.n)
+
+    def set_sliding(self, S):
+        """Replace the sliding set (bool (M, n))."""
+        self.S = S
+        self.n_sliding = int(S.sum())
+
+    def project(self, y, S=None):
+        """Put the sliding pairs of ``y`` exactly on their surfaces (in place): each
+        neuron's input weights move along the span of its sliding pairs' ``x~_i``."""
+        c = self.c
+        xp = c.xp
+        S = self.S if S is None else S
+        if not S.any():
+            return y
+        w = y[c.M:].reshape(c.M, c.D)
+        rows = xp.nonzero(S.any(axis=1))[0]
+        for k in rows.tolist() if S[rows].sum() > rows.size else []:
+            idx = xp.nonzero(S[k])[0]
+            X = c.Xt[idx]                                           # (p, D)
+            w[k] -= X.T @ xp.linalg.lstsq(X @ X.T, X @ w[k], rcond=None)[0]
+        if S[rows].sum() == rows.size:
+            i = xp.argmax(S[rows], axis=1)
+            X = c.Xt[i]                                             # (r, D)
+            w[rows] -= ((w[rows] * X).sum(axis=1) / (X * X).sum(axis=1))[:, None] * X
+        return y
+
+    def residual_rate(self, y, f):
+        """Residual ``e`` (n,) at ``y`` and its rate ``de/dt`` (n,) along ``f = dy/dt``."""
+        c = self.c
+        M, D = c.M, c.D
+        a = y[:M]
+        pre = self.pre(y)
+        g = self._gprime(pre)
+        h = g * pre
+        if self.n_sliding:
+            h[self.S] = 0.0
+            g[self.S] = 0.0              # sliding pairs: pre stays 0, d(sigma)/dt = 0
+        e = c.cf * (a @ h) - c.Y
+        vw = f[M:].reshape(M, D) @ c.XtT
+        return e, c.cf * (f[:M] @ h + (a[:, None] * g * vw).sum(axis=0))
+
+    def _neuron_rhs(self, a, w, P, S, e):
+        """Velocities of neurons (q,), (q, D) with frozen pattern ``P`` (q, n) and sliding
+        pairs ``S`` (q, n) held by equivalent controls, for the residual ``e`` (n,)."""
+        c = self.c
+        xp = c.xp
+        pre = w @ c.XtT
+        hv = xp.where(S, 0.0, P * pre)
+        g = xp.where(S, 0.0, P)
+        if S.any():
+            controls(xp, g, S, e, c.XX)
+        da = (-c.ca / c.n) * (hv * e).sum(axis=-1)
+        dw = ((-c.cw / c.n) * a)[:, None] * ((g * e) @ c.Xt)
+        return da, dw
+
+    def _rk4(self, a, w, P, S, e_of, t0, dt):
+        """One classical RK4 step of the neurons (per-neuron step ``dt`` (q,))."""
+        k1 = self._neuron_rhs(a, w, P, S, e_of(t0))
+        k2 = self._neuron_rhs(a + 0.5 * dt * k1[0], w + (0.5 * dt)[:, None] * k1[1], P, S,
+                              e_of(t0 + 0.5 * dt))
+        k3 = self._neuron_rhs(a + 0.5 * dt * k2[0], w + (0.5 * dt)[:, None] * k2[1], P, S,
+                              e_of(t0 + 0.5 * dt))
+        k4 = self._neuron_rhs(a + dt * k3[0], w + dt[:, None] * k3[1], P, S, e_of(t0 + dt))
+        a1 = a + dt / 6.0 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
+        w1 = w + (dt / 6.0)[:, None] * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
+        return a1, w1
+
+    def integrate_neurons(self, a, w, S, e_of, h, substeps=8):
+        """Integrate a few neurons through their switching events over ``[0, h]``.
+
+        The residual is a given function of time ``e_of(tau)`` (n,) (a Hermite
+        interpolant of the step: the neurons' feedback on ``e`` is neglected within the
+        step). In each of ``substeps`` RK4 substeps the activation pattern is frozen; the
+        first crossing ``w_k . x~_i = 0`` of a neuron inside a substep is located by
+        linear interpolation of the pre-activation, the neuron is stepped to it, put on
+        the surface, and either slides (the equivalent control lies in ``[lo, 1]``:
+        attractive surface) or crosses (pattern flipped); the rest of the substep follows
+        with the new pattern. Sliding pairs whose control leaves ``[lo, 1]`` are released
+        at the end of a substep, to the side their velocity points to.
+
+        Parameters
+        ----------
+        a : array (q,)
+        w : array (q, D)
+        S : bool array (q, n)
+            Sliding pairs at ``tau = 0`` (copied).
+        e_of : callable
+            ``tau -> e`` (n,), ``tau`` a scalar or an array (q,) (then ``e`` is (q, n)).
+        h : float
+        substeps : int
+
+        Returns
+        -------
+        a, w, S : the neurons at ``tau = h`` and their sliding pairs.
+        cost : float
+            Work in neuron-RHS evaluations (multiply by ``q / M`` for RHS-equivalents).
+        """
+        c = self.c
+        xp, lo = c.xp, self.lo
+        a, w, S = a.copy(), w.copy(), S.copy()
+        q = a.shape[0]
+        P = xp.where(w @ c.XtT > 0, 1.0, lo)
+        dt = xp.full(q, h / substeps)
+        XXd = xp.diagonal(c.XX)
+        stages = 0
+        for sub in range(substeps):
+            t0 = sub * h / substeps
+            a1, w1 = self._rk4(a, w, P, S, e_of, t0, dt)
+            stages += 4
+            pre0, pre1 = w @ c.XtT, w1 @ c.XtT
+            cross = ~S & (((P == 1.0) & (pre1 < 0)) | ((P != 1.0) & (pre1 > 0)))
+            rows = xp.nonzero(cross.any(axis=1))[0]
+            if rows.size:
+                frac = xp.where(cross[rows], pre0[rows] / xp.where(
+                    cross[rows], pre0[rows] - pre1[rows], 1.0), 2.0)
+                frac = xp.clip(frac, 0.0, 1.0)
+                i = xp.argmin(frac, axis=1)
+                f = frac[xp.arange(rows.size), i]
+                Pr, Sr = P[rows], S[rows]
+                ar, wr = self._rk4(a[rows], w[rows], Pr, Sr, e_of, t0, f * dt[rows])
+                X = c.Xt[i]
+                wr -= ((wr * X).sum(axis=1) / XXd[i])[:, None] * X    # onto the surface
+                # slide or cross: the equivalent control with pair i free
+                tm = t0 + f * dt[rows]
+                Stry = Sr.copy()
+                Stry[xp.arange(rows.size), i] = True
+                g = xp.where(Stry, 0.0, Pr)
+                controls(xp, g, Stry, e_of(tm), c.XX)    # each neuron at its own time
+                th = g[xp.arange(rows.size), i]
+                slide = (th >= lo) & (th <= 1.0)
+                Sr[xp.arange(rows.size)[slide], i[slide]] = True
+                flip = ~slide
+                Pr[xp.arange(rows.size)[flip], i[flip]] = xp.where(
+                    Pr[xp.arange(rows.size)[flip], i[flip]] == 1.0, lo, 1.0)
+                ar, wr = self._rk4(ar, wr, Pr, Sr, e_of, tm, (1.0 - f) * dt[rows])
+                stages += 8
+                a1[rows], w1[rows], P[rows], S[rows] = ar, wr, Pr, Sr
+                # later crossings inside the same substep: follow the sign at its end
+                pre1r = wr @ c.XtT
+                P[rows] = xp.where(S[rows], P[rows], xp.where(pre1r > 0, 1.0, lo))
+            a, w = a1, w1
+            # release sliding pairs whose control left [lo, 1]
+            if S.any():
+                e1 = e_of(t0 + h / substeps)
+                g = xp.where(S, 0.0, P)
+                th = controls(xp, g, S, e1, c.XX)
+                out = S & ((th < lo - 1e-12) | (th > 1.0 + 1e-12))
+                if out.any():
+                    kk, ii = xp.nonzero(out)
+                    up = xp.where(th[kk, ii] > 1.0, a[kk] * e1[ii] > 0, a[kk] * e1[ii] < 0)
+                    S[kk, ii] = False
+                    P[kk, ii] = xp.where(up, 1.0, lo)
+                # keep sliding neurons exactly on their surfaces
+                rows = xp.nonzero(S.any(axis=1) & (S.sum(axis=1) == 1))[0]
+                if rows.size:
+                    i = xp.argmax(S[rows], axis=1)
+                    X = c.Xt[i]
+                    w[rows] -= ((w[rows] * X).sum(axis=1) / XXd[i])[:, None] * X
+        return a, w, S, float(stages)
 
     def surface_velocity(self, y, k, i, gk_value, e):
         """(test helper) ``d/dt (w_k . x~_i)`` with ``sigma'_ki = gk_value``."""
