@@ -60,9 +60,12 @@ def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=
             raise ConfigError(f"method 'expgn2' needs a model with make_jacobian, got "
                               f"{type(model).__name__}")
         from .exponential import ExpGNStepper
+        sw = None
+        if getattr(getattr(model, "activation", None), "name", "") in ("relu", "leaky_relu"):
+            sw = model.make_switching(be.xp, data, problem.dtype)
         st = ExpGNStepper(model.make_jacobian(be.xp, data, problem.dtype), problem.rhs_into,
                           be, problem.y0, rtol=rtol, atol=atol, dt=first_step,
-                          error_ref=error_ref, status_enum=status_enum)
+                          error_ref=error_ref, status_enum=status_enum, switching=sw)
     elif name == "sliding":
         if not hasattr(model, "make_switching"):
             raise ConfigError(f"method 'sliding' needs a model with make_switching, got "

@@ -84,8 +84,16 @@ class ExpGNStepper:
     error_order = 1
 
     def __init__(self, linearize, rhs, backend, y0, *, rtol=1e-6, atol=1e-9, dt=None,
-                 error_ref=None, status_enum=None, safety=0.9, max_factor=10.0):
+                 error_ref=None, status_enum=None, safety=0.9, max_factor=10.0,
+                 switching=None, substeps=8):
         self.linearize = linearize
+        self.sw = switching
+        self.substeps = int(substeps)
+        self.events = 0
+        self.aux_work = 0.0
+        if switching is not None:
+            self.S = switching.S.copy()
+            self.S_old = self.S.copy()
         self.rhs = rhs
         self.be = backend
         self.xp = backend.xp
@@ -111,11 +119,15 @@ class ExpGNStepper:
 
     @property
     def njev(self) -> int:
-        return int(math.ceil(self.njev_f))
+        return int(math.ceil(self.njev_f + self.aux_work))
 
     @property
     def extra_stats(self) -> dict:
-        return {"factorizations": self.nfact, "jacobian_rhs_equiv": round(self.njev_f, 2)}
+        out = {"factorizations": self.nfact, "jacobian_rhs_equiv": round(self.njev_f, 2)}
+        if self.sw is not None:
+            out.update({"event_neurons": self.events, "event_rhs_equiv": round(self.aux_work, 2),
+                        "sliding_pairs": int(self.S.sum())})
+        return out
 
     # -- linear algebra in the n-dimensional residual space -------------------------------
     def _set_point(self, y):
@@ -171,9 +183,44 @@ class ExpGNStepper:
         err += (0.5 * h) * self.fU
         self.njev_f += 1.5
         self.xp.add(U, err, out=y_out)
+        self._jd = (e0, -self._apply(V, lam, e0))      # e and de/dt at y (de/dt = -K e/n)
         return err
 
-    def _norm(self, y, y1, err):
+    def _events(self, y, h, y1, S):
+        """Re-integrate the neurons with switching events (or sliding pairs) in the step
+        ``y -> y1`` through their events (see :mod:`.sliding`); returns
+        ``(keep, S_new, rows)``, ``keep`` the mask of components left to the error norm."""
+        sw, xp = self.sw, self.xp
+        c = sw.c
+        M, D = c.M, c.D
+        pre0, pre1 = sw.pre(y), sw.pre(y1)
+        ev = (~S & ((pre0 > 0) != (pre1 > 0))).any(axis=1) | S.any(axis=1)
+        rows = xp.nonzero(ev)[0]
+        if rows.size == 0:
+            return None, S, 0
+        e0, r0 = self._jd
+        sw.set_sliding(xp.zeros_like(S))
+        e1 = self.linearize(y1).e
+        self.aux_work += 0.5
+
+        def e_of(tau):          # quadratic through e0, de/dt(0), e1
+            s = xp.asarray(tau, dtype=y.dtype)
+            s = s[..., None] if s.ndim else s
+            return e0 + s * r0 + (s / h) ** 2 * (e1 - e0 - h * r0)
+
+        a1, w1, S1, cost = sw.integrate_neurons(y[:M][rows], y[M:].reshape(M, D)[rows],
+                                                S[rows], e_of, h, self.substeps)
+        self.aux_work += cost * rows.size / M
+        y1[:M][rows] = a1
+        y1[M:].reshape(M, D)[rows] = w1
+        S_new = S.copy()
+        S_new[rows] = S1
+        keep = xp.ones(y.shape[0], dtype=bool)
+        keep[rows] = False
+        keep[M:].reshape(M, D)[rows] = False
+        return keep, S_new, rows.size
+
+    def _norm(self, y, y1, err, keep=None):
         xp = self.xp
         ref = self.error_ref
         if ref is None:
@@ -181,7 +228,12 @@ class ExpGNStepper:
         else:
             scale = xp.maximum(xp.abs(y - ref), xp.abs(y1 - ref))
         scale = self.atol + self.rtol * scale
-        return float(xp.sqrt(xp.mean((err / scale) ** 2)))
+        r = err / scale
+        if keep is not None:
+            r = r[keep]
+            if r.size == 0:
+                return 0.0
+        return float(xp.sqrt(xp.mean(r ** 2)))
 
     # -- one accepted step --------------------------------------------------------------
     def step(self, t_stop: float = math.inf, h_min_rel: float = 1e-14):
@@ -196,7 +248,10 @@ class ExpGNStepper:
             if self.t + h >= t_stop * (1 - 1e-13) - 1e-300:
                 h, clipped = t_stop - self.t, True
             err_vec = self.attempt(self.y, self.cur, h, y1)
-            err = self._norm(self.y, y1, err_vec) if self.be.all_finite(y1) else math.nan
+            keep, S_new, nev = None, None, 0
+            if self.sw is not None and self.be.all_finite(y1):
+                keep, S_new, nev = self._events(self.y, h, y1, self.S)
+            err = self._norm(self.y, y1, err_vec, keep) if self.be.all_finite(y1) else math.nan
             if math.isfinite(err) and err <= 1.0:
                 fac = self.max_factor if err == 0.0 else (
                     self.safety * err ** (-0.7 / k) * self.err_prev ** (0.4 / k))
@@ -217,6 +272,9 @@ class ExpGNStepper:
                                         f"t = {self.t:.6g} (exponential Gauss-Newton steps)")
         self.y_old, self.y = self.y, y1
         self.old = self.cur
+        if self.sw is not None:
+            self.S_old, self.S = self.S, S_new
+            self.events += nev
         self._set_point(self.y)
         self.t_old, self.t = self.t, self.t + h
         self.loss_old, self.loss = self.loss, self.cur[0].loss
@@ -228,6 +286,8 @@ class ExpGNStepper:
         """State and loss at ``t`` in the last accepted step (re-stepping from its start)."""
         out = self.be.empty(self.y.shape, self.y.dtype)
         self.attempt(self.y_old, self.old, t - self.t_old, out)
+        if self.sw is not None:
+            self._events(self.y_old, t - self.t_old, out, self.S_old)
         lin = self.linearize(out)
         self.njev_f += 0.5
         return out, lin.loss

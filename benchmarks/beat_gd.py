@@ -1,0 +1,195 @@
+"""Work-precision of the structure-aware integrators against explicit RK and gradient descent.
+
+For each regime (gamma' = 0; gamma in --gammas), width and data set: a tight reference
+run (``--ref-method`` at rtol = atol = --ref-tol) gives the time T* at which the loss
+falls below 1e-4 and the state there; every method then integrates to T* at a ladder of
+tolerances, and its parameter error is ``max_j |y_j(T*) - y_ref_j(T*)|`` over the
+normalised state. For each target error the table reports the work of the first
+tolerance that reaches it: RHS-equivalents (``nfev + njev``: Jacobian products, Gram
+matrices and event re-integrations counted by their cost in right-hand sides) and wall
+time.
+
+Gradient descent runs at ``dt = T*/N`` (N steps land exactly on T*) from the largest
+stable step ``~1/lambda_max`` (of the Gauss-Newton matrix at initialisation) down to
+the step budget; its error is first order in the learning rate, so the steps it needs
+for a target error are extrapolated from its two smallest measured rates with
+``err = c dt^p`` (p fitted) when the target is out of reach, and marked ``~``.
+
+Usage::
+
+    python benchmarks/beat_gd.py --data four_points --widths 1000 10000 \
+        --gammas 0.5 1 1.75 2 --json out/beat_gd.json
+
+The machine is shared: timings are side by side within one process, not absolute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+
+import flowsolve as fs
+
+TARGETS = (1e-4, 1e-6)
+
+
+def make_problem(data_name, m, gamma, gamma_prime=0.0, seed=0):
+    data = fs.datasets.four_points() if data_name == "four_points" else fs.datasets.digits(n=256)
+    sc = fs.Scaling.from_gammas(gamma, gamma_prime, m)
+    return fs.Problem(fs.TwoLayer(m, sc, asi=True), data, seed=seed)
+
+
+def run(prob, method, T, **kw):
+    t0 = time.perf_counter()
+    sol = fs.solve(prob, method, t_end=T, save_at=[0.0], progress=False, **kw)
+    wall = time.perf_counter() - t0
+    return sol, wall
+
+
+def gd_points(prob, T, y_ref, max_steps, time_budget):
+    """(dt, steps, error, wall) of GD runs landing on T, halving dt from ~1/lambda_max."""
+    lin = prob.model.make_jacobian(np, prob.data, np.float64)(prob.y0)
+    lam = np.linalg.eigvalsh(lin.gram() / prob.data.n)[-1]
+    N = max(1, math.ceil(T * lam))
+    pts = []
+    spent = 0.0
+    while N <= max_steps:
+        sol, wall = run(prob, "euler", T, dt=T / N, max_steps=N + 2)
+        spent += wall
+        err = float(np.abs(sol.y_final - y_ref).max()) if sol.status.ok else math.inf
+        pts.append((T / N, N, err, wall))
+        if spent > time_budget or err < 1e-7:
+            break
+        N *= 4
+    return pts
+
+
+def gd_cost(pts, target):
+    """Steps and wall time GD needs for ``target`` (measured, or extrapolated: '~')."""
+    for dt, N, err, wall in pts:
+        if err <= target:
+            return N, wall, ""
+    good = [(dt, N, err, wall) for dt, N, err, wall in pts if math.isfinite(err) and err > 0]
+    if len(good) < 2:
+        return math.nan, math.nan, "?"
+    (d1, n1, e1, w1), (d2, n2, e2, w2) = good[-2], good[-1]
+    p = max(0.5, math.log(e1 / e2) / math.log(d1 / d2))
+    dt = d2 * (target / e2) ** (1.0 / p)
+    N = n2 * d2 / dt
+    return N, w2 * N / n2, "~"
+
+
+def ladder(prob, method, T, y_ref, tols, max_steps, time_budget, **kw):
+    pts = []
+    spent = 0.0
+    for tol in tols:
+        sol, wall = run(prob, method, T, rtol=tol, atol=tol, max_steps=max_steps, **kw)
+        spent += wall
+        if not sol.status.ok:
+            pts.append((tol, math.inf, sol.stats, wall))
+            break
+        err = float(np.abs(sol.y_final - y_ref).max())
+        pts.append((tol, err, sol.stats, wall))
+        if spent > time_budget or err < 0.1 * min(TARGETS):
+            break
+    return pts
+
+
+def first_reaching(pts, target):
+    for tol, err, st, wall in pts:
+        if err <= target:
+            return st.nfev + st.njev, wall, tol
+    return math.nan, math.nan, math.nan
+
+
+def bench_one(data_name, m, gamma, args):
+    prob = make_problem(data_name, m, gamma)
+    t0 = time.perf_counter()
+    ref = fs.solve(prob, args.ref_method, rtol=args.ref_tol, atol=args.ref_tol,
+                   stop_at_loss=args.loss, save_at=[0.0], progress=False,
+                   max_steps=args.ref_max_steps)
+    ref_wall = time.perf_counter() - t0
+    T, y_ref = ref.t_final, ref.y_final
+    auto_name = fs.solvers.auto.choose(prob)[0]
+    rows = {"data": data_name, "m": m, "gamma": gamma, "T": T, "ref_status": str(ref.status),
+            "ref_nfev": ref.stats.nfev + ref.stats.njev, "ref_wall": ref_wall,
+            "auto": auto_name, "methods": {}}
+    tols = [10.0 ** -k for k in range(3, 10)]
+    for method in args.methods:
+        pts = ladder(prob, method, T, y_ref, tols, args.max_steps, args.time_budget)
+        res = {}
+        for target in TARGETS:
+            work, wall, tol = first_reaching(pts, target)
+            res[str(target)] = {"work": work, "wall": wall, "tol": tol}
+        res["ladder"] = [(tol, err, st.nfev, st.njev, st.steps, st.rejected, wall)
+                         for tol, err, st, wall in pts]
+        rows["methods"][method] = res
+        print(f"  {method}: " + ", ".join(f"tol {p[0]:.0e} err {p[1]:.2e} work "
+                                         f"{p[2].nfev + p[2].njev} wall {p[3]:.2f}s"
+                                         for p in pts), flush=True)
+    pts = gd_points(prob, T, y_ref, args.gd_max_steps, args.time_budget)
+    print("  gd: " + ", ".join(f"N {N} err {err:.2e} wall {wall:.2f}s"
+                               for dt, N, err, wall in pts), flush=True)
+    res = {}
+    for target in TARGETS:
+        N, wall, mark = gd_cost(pts, target)
+        res[str(target)] = {"work": N, "wall": wall, "mark": mark}
+    res["points"] = pts
+    rows["methods"]["gd"] = res
+    return rows
+
+
+def table(all_rows):
+    lines = ["| data | m | gamma | auto | method | RHS-eq. @1e-4 | wall @1e-4 | "
+             "RHS-eq. @1e-6 | wall @1e-6 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in all_rows:
+        for method, res in r["methods"].items():
+            cells = []
+            for target in TARGETS:
+                c = res[str(target)]
+                mark = c.get("mark", "")
+                w = c["work"]
+                cells += [f"{mark}{w:,.0f}" if math.isfinite(w) else "-",
+                          f"{mark}{c['wall']:.3g} s" if math.isfinite(c["wall"]) else "-"]
+            lines.append(f"| {r['data']} | {r['m']} | {r['gamma']} | {r['auto']} | {method} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", nargs="+", default=["four_points"],
+                    choices=["four_points", "digits"])
+    ap.add_argument("--widths", nargs="+", type=int, default=[1000])
+    ap.add_argument("--gammas", nargs="+", type=float, default=[0.5, 1.0, 1.75, 2.0])
+    ap.add_argument("--methods", nargs="+", default=["auto", "expgn2", "sliding", "dopri5"])
+    ap.add_argument("--loss", type=float, default=1e-4)
+    ap.add_argument("--ref-method", default="auto")
+    ap.add_argument("--ref-tol", type=float, default=1e-10)
+    ap.add_argument("--ref-max-steps", type=int, default=200_000)
+    ap.add_argument("--max-steps", type=int, default=20_000)
+    ap.add_argument("--gd-max-steps", type=int, default=200_000)
+    ap.add_argument("--time-budget", type=float, default=60.0,
+                    help="seconds per method ladder before stopping it")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    all_rows = []
+    for data_name in args.data:
+        for m in args.widths:
+            for g in args.gammas:
+                print(f"{data_name} m={m} gamma={g}", flush=True)
+                all_rows.append(bench_one(data_name, m, g, args))
+                print(f"  T*={all_rows[-1]['T']:.6g} ref work {all_rows[-1]['ref_nfev']} "
+                      f"({all_rows[-1]['ref_wall']:.1f}s)", flush=True)
+    print(table(all_rows))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(all_rows, fh, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
