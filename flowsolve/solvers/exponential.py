@@ -200,13 +200,17 @@ class ExpGNStepper:
             return None, S, 0
         e0, r0 = self._jd
         sw.set_sliding(xp.zeros_like(S))
-        e1 = self.linearize(y1).e
-        self.aux_work += 0.5
+        lin1 = self.linearize(y1)
+        e1 = lin1.e
+        r1 = -(lin1.gram() @ e1) / self.n             # de/dt at y1
+        self.aux_work += 0.5 + self.linearize.gram_cost
 
-        def e_of(tau):          # quadratic through e0, de/dt(0), e1
-            s = xp.asarray(tau, dtype=y.dtype)
+        def e_of(tau):          # cubic Hermite through (e, de/dt) at both ends
+            s = xp.asarray(tau, dtype=y.dtype) / h
             s = s[..., None] if s.ndim else s
-            return e0 + s * r0 + (s / h) ** 2 * (e1 - e0 - h * r0)
+            h00, h10 = (1 + 2 * s) * (1 - s) ** 2, s * (1 - s) ** 2
+            h01, h11 = s * s * (3 - 2 * s), s * s * (s - 1)
+            return h00 * e0 + (h * h10) * r0 + h01 * e1 + (h * h11) * r1
 
         a1, w1, S1, cost = sw.integrate_neurons(y[:M][rows], y[M:].reshape(M, D)[rows],
                                                 S[rows], e_of, h, self.substeps)
