@@ -4,7 +4,8 @@ Two sets of runs on the four points of [L21] (two-layer ReLU, ASI, dopri5):
 
 - ``small``: many tiny runs (default 500 at m = 100, rtol 1e-4, to loss 1e-4); batching
   groups them into tasks of about ``--batch-seconds``;
-- ``large``: runs of >= 50 ms each (default 64 at m = 2000, rtol 1e-5), one task each.
+- ``large``: runs of >= 50 ms each (default 80 at m = 500, rtol 1e-5: 50-350 ms of CPU).
+  With batch_seconds = 1 several share a task while the estimate says they fit.
 
 For each set: the plain loop (``execute_run`` + save, one process, no Dask), then
 ``run_sweep`` on a LocalCluster with 1 and with 2 worker processes (started before the
@@ -37,7 +38,7 @@ from flowsolve.sweep import WORKER_ENV, _save, execute_run
 
 def make_spec(n_runs, width, rtol):
     """About ``n_runs`` runs: 5 gamma' x G gamma x S seeds at one width."""
-    n_g = max(1, int(round(np.sqrt(n_runs / 5))))
+    n_g = max(1, round(np.sqrt(n_runs / 5)))
     n_s = max(1, int(np.ceil(n_runs / (5 * n_g))))
     return fs.SweepSpec(
         grid={"gamma": [round(float(g), 4) for g in np.linspace(0.5, 1.0, n_g)],
@@ -114,8 +115,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small-runs", type=int, default=500)
     ap.add_argument("--small-width", type=int, default=100)
-    ap.add_argument("--large-runs", type=int, default=64)
-    ap.add_argument("--large-width", type=int, default=2000)
+    ap.add_argument("--large-runs", type=int, default=80)
+    ap.add_argument("--large-width", type=int, default=500)
     ap.add_argument("--batch-seconds", type=float, default=1.0)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--quick", action="store_true", help="100 small and 16 large runs")

@@ -25,7 +25,7 @@ import sys
 from ._version import __version__
 from .errors import ConfigError
 
-__all__ = ["main", "subcommand", "build_parser"]
+__all__ = ["build_parser", "main", "subcommand"]
 
 #: (name, help, configure) in registration order
 _SUBCOMMANDS = []
@@ -84,7 +84,7 @@ def _sweep(p):
         from .sweep import run_sweep
 
         rep = run_sweep(args.config, out=args.out, scheduler=args.scheduler,
-                        workers=args.workers, progress=False if args.quiet else True,
+                        workers=args.workers, progress=not args.quiet,
                         batch_seconds=args.batch_seconds, write_on=args.write_on,
                         redo_failed=args.redo_failed)
         print(f"sweep {rep.out}: {rep.total} runs, {rep.skipped} already done, {rep.ran} run "

@@ -31,7 +31,7 @@ from ._validate import positive_float, positive_int
 from .errors import ConfigError
 from .sweep_spec import Run, SweepSpec
 
-__all__ = ["SweepSpec", "Run", "run_sweep", "open_sweep", "SweepReport", "MANIFEST"]
+__all__ = ["MANIFEST", "Run", "SweepReport", "SweepSpec", "open_sweep", "run_sweep"]
 
 MANIFEST = "sweep.toml"
 #: numeric per-run attributes of the run files copied into :func:`open_sweep`'s Dataset
@@ -227,7 +227,7 @@ def _prepare_dir(spec, out):
     os.makedirs(out, exist_ok=True)
     manifest = os.path.join(out, MANIFEST)
     if os.path.exists(manifest):
-        old = SweepSpec.from_toml(manifest).to_dict()
+        old = SweepSpec.from_toml(manifest, dry_run=False).to_dict()
         new = spec.to_dict()
         if old != new:
             diff = sorted(k for k in new if old.get(k) != new[k])
@@ -264,7 +264,7 @@ def _connect(scheduler, workers):
     if scheduler is None:
         workers = positive_int("workers", workers if workers is not None else os.cpu_count())
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR,
+                               dashboard_address=":0", silence_logs=logging.ERROR,
                                env=WORKER_ENV)
         return Client(cluster), cluster
     if not isinstance(scheduler, str):
@@ -306,9 +306,12 @@ def _feed(client, spec, todo, out, batch_seconds, write_on, report, bar):
     rate = {"seconds": 0.0, "cost": 0.0}
     inflight = {}
     ac = as_completed()
+    slots = {"n": 1, "at": -math.inf}
 
     def submit_more():
-        limit = 2 * _slots(client)
+        if time.monotonic() - slots["at"] > 2.0:          # an RPC: refresh now and then
+            slots["n"], slots["at"] = _slots(client), time.monotonic()
+        limit = 2 * slots["n"]
         while pending and len(inflight) < limit:
             batch = [pending.pop(0)]
             if rate["cost"] > 0:
@@ -420,7 +423,7 @@ def open_sweep(path):
     manifest = os.path.join(path, MANIFEST)
     if not os.path.exists(manifest):
         raise ConfigError(f"{path!r} is not a sweep directory (no {MANIFEST})")
-    spec = SweepSpec.from_toml(manifest)
+    spec = SweepSpec.from_toml(manifest, dry_run=False)
     grid = spec.time_grid()
     shape = spec.shape()
     series, scalars = {}, {}

@@ -25,13 +25,14 @@ import json
 import math
 import numbers
 import os
+from dataclasses import InitVar, dataclass, field
+
 import tomllib
-from dataclasses import dataclass, field
 
 from ._validate import finite_float, positive_float, positive_int
 from .errors import BackendUnavailable, ConfigError
 
-__all__ = ["SweepSpec", "Run", "GRID_KINDS", "MODELS"]
+__all__ = ["GRID_KINDS", "MODELS", "Run", "SweepSpec"]
 
 #: model name -> the grid kinds it accepts (each a tuple of coordinate names, in dim order)
 GRID_KINDS = {
@@ -118,6 +119,10 @@ class SweepSpec:
         :func:`flowsolve.log_grid`), ``snapshots`` (times of per-neuron snapshots).
     data_options : dict
         Keyword arguments of the data set loader.
+    dry_run : bool
+        Build the first run at a small width and take one solver step, so that every
+        option the data set, model or solver rejects is reported now (default True;
+        reading a stored manifest skips it).
 
     Raises
     ------
@@ -136,8 +141,9 @@ class SweepSpec:
     model_options: dict = field(default_factory=dict)
     save: dict = field(default_factory=dict)
     data_options: dict = field(default_factory=dict)
+    dry_run: InitVar[bool] = True
 
-    def __post_init__(self):
+    def __post_init__(self, dry_run=True):
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; expected one of {list(MODELS)}")
         if not isinstance(self.data, str):
@@ -150,21 +156,22 @@ class SweepSpec:
                               **_table("model_options", self.model_options)}
         self.save = _check_save(self.save)
         self.solver = _check_solver(self.solver)
-        self._dry_run()
+        if dry_run:
+            self._dry_run()
 
     # -- construction from / to files -----------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict) -> "SweepSpec":
+    def from_dict(cls, d: dict, dry_run: bool = True) -> SweepSpec:
         """A spec from a mapping with the constructor's keys (unknown keys are errors)."""
         if not isinstance(d, dict):
             raise ConfigError(f"a sweep spec must be a table/dict, got {type(d).__name__}")
         unknown = sorted(set(d) - set(_TOP_KEYS))
         if unknown:
             raise ConfigError(f"unknown sweep key(s) {unknown}; expected some of {list(_TOP_KEYS)}")
-        return cls(**d)
+        return cls(**d, dry_run=dry_run)
 
     @classmethod
-    def from_toml(cls, path) -> "SweepSpec":
+    def from_toml(cls, path, dry_run: bool = True) -> SweepSpec:
         """Read a spec from a TOML file with the constructor's keys."""
         path = os.fspath(path)
         try:
@@ -175,7 +182,7 @@ class SweepSpec:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
         try:
-            return cls.from_dict(d)
+            return cls.from_dict(d, dry_run=dry_run)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 

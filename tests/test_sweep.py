@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import flowsolve as fs
-import flowsolve.cli  # noqa: F401
+import flowsolve.cli
 
 distributed = pytest.importorskip("distributed")
 
@@ -36,9 +36,9 @@ def client(cluster):
 
 
 def small_spec(**kw):
-    d = dict(model="two_layer", data="four_points",
-             grid={"gamma": [0.5, 1.0], "gamma_prime": [0.0]}, widths=[20, 60], seeds=[0, 1],
-             solver=dict(SOLVER))
+    d = {"model": "two_layer", "data": "four_points",
+         "grid": {"gamma": [0.5, 1.0], "gamma_prime": [0.0]}, "widths": [20, 60],
+         "seeds": [0, 1], "solver": dict(SOLVER)}
     d.update(kw)
     return fs.SweepSpec(**d)
 
@@ -175,7 +175,7 @@ def test_diverging_run_is_recorded_and_others_finish(client, tmp_path):
                       model_options={"activation": "tanh"})
     rep = fs.run_sweep(spec, out=tmp_path, scheduler=client, progress=False)
     assert rep.ran == 2 and len(rep.failed) == 1
-    name, status, message = rep.failed[0]
+    name, status, _ = rep.failed[0]
     assert name.startswith("gamma=0.5") and status == "non-finite state"
     ds = fs.open_sweep(tmp_path).sel(gamma_prime=0.0, width=20, seed=0)
     assert list(ds["status"].values) == ["non-finite state", "success"]
@@ -186,6 +186,17 @@ def test_diverging_run_is_recorded_and_others_finish(client, tmp_path):
     assert fs.run_sweep(spec, out=tmp_path, scheduler=client, progress=False).ran == 0
     rep = fs.run_sweep(spec, out=tmp_path, scheduler=client, progress=False, redo_failed=True)
     assert (rep.ran, rep.skipped) == (1, 1)
+
+
+def test_raising_run_leaves_a_failure_record(client, tmp_path):
+    spec = small_spec(widths=[20], seeds=[0])
+    spec.solver["rtol"] = -1.0          # bypasses validation: every run raises on the worker
+    rep = fs.run_sweep(spec, out=tmp_path, scheduler=client, progress=False)
+    assert rep.ran == 2 and [f[1] for f in rep.failed] == ["failed", "failed"]
+    ds = fs.open_sweep(tmp_path)
+    assert (ds["status"] == "failed").all()
+    assert all("ConfigError" in m and "rtol" in m for m in ds["message"].values.ravel())
+    assert np.isnan(ds["loss"]).all()
 
 
 class Interrupt(Exception):
@@ -264,7 +275,7 @@ def test_three_layer_sweep_matches_serial(client, tmp_path):
 # -- command line ------------------------------------------------------------------------
 def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "flowsolve.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=120)
+                          check=False, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def test_cli_sweep_and_solve(cluster, tmp_path, capsys):
