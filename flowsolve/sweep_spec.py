@@ -143,7 +143,7 @@ class SweepSpec:
     data_options: dict = field(default_factory=dict)
     dry_run: InitVar[bool] = True
 
-    def __post_init__(self, dry_run=True):
+    def __post_init__(self, dry_run):
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; expected one of {list(MODELS)}")
         if not isinstance(self.data, str):
