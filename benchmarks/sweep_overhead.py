@@ -10,9 +10,14 @@ Two sets of runs on the four points of [L21] (two-layer ReLU, ASI, dopri5):
 For each set: the plain loop (``execute_run`` + save, one process, no Dask), then
 ``run_sweep`` on a LocalCluster with 1 and with 2 worker processes (started before the
 timing, with one warm-up run per worker; its start-up time is reported separately).
-Speed-up = loop / sweep, parallel efficiency = speed-up / workers, wall overhead per run =
-(workers x sweep - loop) / runs; CPU overhead per run = (CPU of workers + scheduler +
-client - CPU of the loop) / runs, which a busy machine distorts less than wall time.
+Speed-up = loop / sweep and parallel efficiency = speed-up / workers (wall time); CPU
+efficiency = CPU of the loop / CPU of the sweep (workers + scheduler + client: what the
+parallel efficiency would be on free cores if the work spread evenly), CPU overhead per
+run = (CPU of the sweep - CPU of the loop) / runs. "CPU in runs" sums the CPU time inside
+the runs on the workers (solve + save; equal to the loop's when workers are not slower).
+CPU times are less distorted than wall times by other processes on a shared machine, but
+the cluster's idle background (heartbeats) grows with the wall time. "load" is the
+1-minute load average when the row started.
 
     .venv/bin/python benchmarks/sweep_overhead.py            # both sets
     .venv/bin/python benchmarks/sweep_overhead.py --quick    # 100 small + 16 large runs
@@ -89,26 +94,35 @@ def sweep_on(spec, out, workers, batch_seconds):
     finally:
         client.close()
         cluster.close()
-    return rep.wall_time, cpu, startup, rep.tasks
+    return rep, cpu, startup
+
+
+HEADER = ("| set | engine | tasks | wall s | wall/run ms | speed-up | efficiency | CPU s "
+          "| CPU in runs s | CPU efficiency | CPU overhead ms/run | load |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def bench(label, spec, workers_list, batch_seconds):
+    """Print one row per engine as it finishes."""
     runs = len(spec.runs())
-    rows = []
+    label = f"{label} ({runs} runs)"
     with tempfile.TemporaryDirectory(prefix="fs-bench-") as tmp:
         _warm(spec, tmp)
+        load = os.getloadavg()[0]
         t_loop, cpu_loop = plain_loop(spec, os.path.join(tmp, "loop"))
-        rows.append((label, runs, "plain loop", t_loop, cpu_loop, float("nan"), runs, 1.0, 1.0,
-                     0.0, 0.0))
+        print(f"| {label} | plain loop | {runs} | {t_loop:.2f} | {t_loop / runs * 1e3:.1f} | 1 "
+              f"| 1 | {cpu_loop:.2f} | {cpu_loop:.2f} | 1 | 0 | {load:.1f} |", flush=True)
         for w in workers_list:
             out = os.path.join(tmp, f"w{w}")
-            t, cpu, startup, tasks = sweep_on(spec, out, w, batch_seconds)
-            speed = t_loop / t
-            rows.append((label, runs, f"{w} worker{'s' if w > 1 else ''}", t, cpu, startup,
-                         tasks, speed, speed / w, (w * t - t_loop) / runs * 1e3,
-                         (cpu - cpu_loop) / runs * 1e3))
+            load = os.getloadavg()[0]
+            rep, cpu, startup = sweep_on(spec, out, w, batch_seconds)
+            t = rep.wall_time
+            print(f"| {label} | {w} worker{'s' if w > 1 else ''} (start {startup:.1f} s) | "
+                  f"{rep.tasks} | {t:.2f} | {t / runs * 1e3:.1f} | {t_loop / t:.2f} | "
+                  f"{t_loop / (w * t):.2f} | {cpu:.2f} | {rep.run_cpu:.2f} | "
+                  f"{cpu_loop / cpu:.2f} | {(cpu - cpu_loop) / runs * 1e3:.1f} | {load:.1f} |",
+                  flush=True)
             shutil.rmtree(out, ignore_errors=True)
-    return rows
 
 
 def main():
@@ -119,32 +133,18 @@ def main():
     ap.add_argument("--large-width", type=int, default=500)
     ap.add_argument("--batch-seconds", type=float, default=1.0)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--quick", action="store_true", help="100 small and 16 large runs")
+    ap.add_argument("--quick", action="store_true", help="100 small and 20 large runs")
     args = ap.parse_args()
     if args.quick:
-        args.small_runs, args.large_runs = 100, 16
-    print(f"# flowsolve {fs.__version__}, {os.cpu_count()} CPUs, load average before: "
-          f"{os.getloadavg()[0]:.2f}")
-    rows = []
+        args.small_runs, args.large_runs = 100, 20
+    print(f"# flowsolve {fs.__version__}, {os.cpu_count()} CPUs")
+    print(HEADER)
     if args.small_runs:
-        rows += bench(f"small m={args.small_width}",
-                      make_spec(args.small_runs, args.small_width, 1e-4), args.workers,
-                      args.batch_seconds)
+        bench(f"small m={args.small_width}", make_spec(args.small_runs, args.small_width, 1e-4),
+              args.workers, args.batch_seconds)
     if args.large_runs:
-        rows += bench(f"large m={args.large_width}",
-                      make_spec(args.large_runs, args.large_width, 1e-5), args.workers,
-                      args.batch_seconds)
-    print("| set | runs | engine | tasks | wall s | wall/run ms | CPU s | cluster start s "
-          "| speed-up | efficiency | overhead wall ms/run | overhead CPU ms/run |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for label, runs, eng, t, cpu, startup, tasks, speed, eff, over, over_cpu in rows:
-        loop = eng == "plain loop"
-        st = "" if loop else f"{startup:.1f}"
-        ov = "" if loop else f"{over:.1f}"
-        oc = "" if loop else f"{over_cpu:.1f}"
-        print(f"| {label} | {runs} | {eng} | {tasks} | {t:.2f} | {t / runs * 1e3:.1f} | "
-              f"{cpu:.2f} | {st} | {speed:.2f} | {eff:.2f} | {ov} | {oc} |")
-    print(f"# load average after: {os.getloadavg()[0]:.2f}")
+        bench(f"large m={args.large_width}", make_spec(args.large_runs, args.large_width, 1e-5),
+              args.workers, args.batch_seconds)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ class SweepReport:
         Seconds from start to end (cluster start-up included).
     tasks : int
         Dask tasks submitted (runs are batched into tasks).
+    run_seconds, run_cpu : float
+        Wall and CPU seconds spent inside the runs computed now (solve and save), summed.
     """
 
     out: str
@@ -72,6 +74,8 @@ class SweepReport:
     failed: list = field(default_factory=list)
     wall_time: float = 0.0
     tasks: int = 0
+    run_seconds: float = 0.0
+    run_cpu: float = 0.0
 
 
 # -- one run (executed on a worker) ------------------------------------------------------
@@ -127,24 +131,23 @@ def _save(ds, path):
         io.save(ds, path)
 
 
-def _record(run, ds, seconds):
+def _record(run, ds, seconds, cpu=0.0):
     return {"name": run.name, "index": run.index, "status": str(ds.attrs["status"]),
-            "message": str(ds.attrs.get("message", "")), "seconds": seconds}
+            "message": str(ds.attrs.get("message", "")), "seconds": seconds, "cpu": cpu}
 
 
 def _run_batch(spec, runs, out, session, write_on):
     """Task body: run ``runs`` one after the other, writing each file as it finishes."""
     records = []
     for run in runs:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ds = execute_run(spec, run, session)
         if write_on == "worker":
             _save(ds, os.path.join(out, run.filename))
-            records.append(_record(run, ds, time.perf_counter() - t0))
-        else:
-            rec = _record(run, ds, time.perf_counter() - t0)
+        rec = _record(run, ds, time.perf_counter() - t0, time.process_time() - c0)
+        if write_on == "client":
             rec["dataset"] = ds
-            records.append(rec)
+        records.append(rec)
     return records
 
 
@@ -341,6 +344,8 @@ def _feed(client, spec, todo, out, batch_seconds, write_on, report, bar):
                 if "dataset" in rec:
                     _save(rec.pop("dataset"), os.path.join(out, run.filename))
                 rate["seconds"] += rec["seconds"]
+                report.run_seconds += rec["seconds"]
+                report.run_cpu += rec["cpu"]
                 rate["cost"] += costs[run.index]
                 report.ran += 1
                 if rec["status"] != "success":

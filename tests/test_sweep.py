@@ -298,6 +298,15 @@ def test_cli_sweep_and_solve(cluster, tmp_path, capsys):
                                float(ds["rd_w_final"].sel(gamma=1.0, seed=1).squeeze()),
                                rtol=1e-12)
 
+    one_toml = tmp_path / "one.toml"        # a single-run config with the sweep keys
+    one_toml.write_text('widths = 20\nseeds = 1\n[grid]\ngamma = 1.0\ngamma_prime = 0.0\n'
+                        '[solver]\nrtol = 1e-4\natol = 1e-7\nstop_at_loss = 1e-4\nt_end = 1e5\n')
+    assert fs.cli.main(["solve", "--config", str(one_toml), "--out", str(tmp_path / "two.nc"),
+                        "--no-params"]) == 0
+    two = fs.io.load(tmp_path / "two.nc")
+    assert "w_final" not in two and "w_final" in one
+    np.testing.assert_array_equal(two["loss"].values, one["loss"].values)
+
     (tmp_path / "bad.toml").write_text(spec.to_toml().replace("widths = [20]", "widths = [0]"))
     for args in (("sweep", tmp_path / "bad.toml", "--out", tmp_path / "x"),
                  ("solve", "--gamma", 1.0, "--width", 20, "--method", "rk99"),
