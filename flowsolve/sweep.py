@@ -14,6 +14,7 @@ passes :func:`flowsolve.io.validate`; missing, truncated or corrupt files are re
 
 from __future__ import annotations
 
+import collections
 import glob
 import logging
 import math
@@ -305,7 +306,8 @@ def _feed(client, spec, todo, out, batch_seconds, write_on, report, bar):
 
     session = uuid.uuid4().hex[:12]
     costs = {r.index: spec.cost(r) for r in todo}
-    pending = sorted(todo, key=lambda r: -costs[r.index])    # largest first
+    pending = collections.deque(sorted(todo, key=lambda r: -costs[r.index]))  # largest first
+    left_cost = [sum(costs.values())]
     rate = {"seconds": 0.0, "cost": 0.0}
     inflight = {}
     ac = as_completed()
@@ -316,16 +318,17 @@ def _feed(client, spec, todo, out, batch_seconds, write_on, report, bar):
             slots["n"], slots["at"] = _slots(client), time.monotonic()
         limit = 2 * slots["n"]
         while pending and len(inflight) < limit:
-            batch = [pending.pop(0)]
+            batch = [pending.popleft()]
             if rate["cost"] > 0:
                 per_cost = rate["seconds"] / rate["cost"]
-                left = per_cost * sum(costs[r.index] for r in pending) / limit
+                left = per_cost * left_cost[0] / limit
                 target = min(batch_seconds, max(left, 0.0))
                 est = per_cost * costs[batch[0].index]
                 while pending and est + per_cost * costs[pending[-1].index] <= target:
                     nxt = pending.pop()                         # fill with the smallest
                     est += per_cost * costs[nxt.index]
                     batch.append(nxt)
+            left_cost[0] -= sum(costs[r.index] for r in batch)
             fut = client.submit(_run_batch, spec, batch, out, session, write_on, pure=False,
                                 key=f"flowsolve-sweep-{session}-{batch[0].index}")
             inflight[fut] = batch
