@@ -58,6 +58,15 @@ def _fwd_chunk(a, w, xs, code, f):
         bs = min(_B, cnt - b0)
         _load_block(w, b0, bs, D, wT)
         ab = a[b0:b0 + bs]
+        if D == 2:                       # d = 1: one sweep per sample, pre in registers
+            w0, w1 = wT[0], wT[1]
+            for i in range(n):
+                x0, x1 = xs[i, 0], xs[i, 1]
+                acc = 0.0
+                for k in range(bs):
+                    acc += ab[k] * sd(w0[k] * x0 + w1[k] * x1, code)[0]
+                f[i] += acc
+            continue
         for i in range(n):
             _preact(wT, xs, i, bs, D, pre)
             acc = 0.0
@@ -80,7 +89,17 @@ def _bwd_chunk(a, w, xs, xt, e, code, ca_n, cw_n, out_a, out_w):
         _load_block(w, b0, bs, D, wT)
         oa[:] = 0.0
         gT[:, :] = 0.0
-        for i in range(n):
+        if D == 2:                       # d = 1: one sweep per sample
+            w0, w1, g0, g1 = wT[0], wT[1], gT[0], gT[1]
+            for i in range(n):
+                x0, x1, t0, t1, ei = xs[i, 0], xs[i, 1], xt[i, 0], xt[i, 1], e[i]
+                for k in range(bs):
+                    h, g = sd(w0[k] * x0 + w1[k] * x1, code)
+                    oa[k] += h * ei
+                    gg = g * ei
+                    g0[k] += gg * t0
+                    g1[k] += gg * t1
+        for i in range(n if D != 2 else 0):
             _preact(wT, xs, i, bs, D, pre)
             ei = e[i]
             for k in range(bs):
