@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ._validate import finite_float, positive_float, positive_int
 from .errors import ConfigError
 
-__all__ = ["Scaling3", "SCHEMES3"]
+__all__ = ["SCHEMES3", "Scaling3"]
 
 
 def _ntk(m, d):
@@ -156,7 +156,7 @@ class Scaling3:
 
     # -- constructors ------------------------------------------------------------
     @classmethod
-    def from_gammas(cls, gamma2, gamma3, width, beta_w1=1.0) -> "Scaling3":
+    def from_gammas(cls, gamma2, gamma3, width, beta_w1=1.0) -> Scaling3:
         """Scales with exactly the coordinates ``(gamma2, gamma3)`` (and ``gamma_mid = 0``).
 
         Convention (the shape of LeCun/He/NTK): ``beta_w1`` (default 1),
@@ -175,7 +175,7 @@ class Scaling3:
                    name=f"gamma2={gamma2:g},gamma3={gamma3:g}")
 
     @classmethod
-    def scheme(cls, name: str, width, d: int = 1) -> "Scaling3":
+    def scheme(cls, name: str, width, d: int = 1) -> Scaling3:
         """A named initialisation mapped to three layers.
 
         Parameters

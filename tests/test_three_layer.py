@@ -8,7 +8,7 @@ import scipy.linalg as sl
 
 import flowsolve as fs
 
-ODD = dict(alpha=3.7, beta_w1=0.6, beta_w2=1.9, beta_a=0.3)
+ODD = {"alpha": 3.7, "beta_w1": 0.6, "beta_w2": 1.9, "beta_a": 0.3}
 
 
 def _f_original(model, y, x):
@@ -143,7 +143,7 @@ def test_frozen_identity_middle_layer_is_the_two_layer_flow(four_points, asi):
     p3 = fs.Problem(Three(m, s3, asi=asi, frozen="w2"), four_points)
     p2 = fs.Problem(Two(m, two.scaling, asi=asi), four_points)
     t2 = 20.0
-    kw = dict(method="dopri5", rtol=1e-8, atol=1e-11, save_at=[0.0], progress=False)
+    kw = {"method": "dopri5", "rtol": 1e-8, "atol": 1e-11, "save_at": [0.0], "progress": False}
     s3_ = fs.solve(p3, t_end=t2 * ratio, **kw)
     s2_ = fs.solve(p2, t_end=t2, **kw)
     f3, f2 = three.unpack(s3_.y_final), two.unpack(s2_.y_final)

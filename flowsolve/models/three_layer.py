@@ -74,8 +74,8 @@ class ThreeLayer:
     #: relative changes tracked over time (and their running maxima)
     rd_names = ("rd_w1", "rd_w2", "rd_a", "rd_theta")
     #: netCDF dimensions of the arrays returned by :meth:`unpack`
-    param_dims = {"w1": ("neuron", "component1"), "w2": ("neuron2", "component2"),
-                  "a": ("neuron2",)}
+    param_dims = {"w1": ("neuron", "component1"),  # noqa: RUF012 (read-only, as TwoLayer's)
+                  "w2": ("neuron2", "component2"), "a": ("neuron2",)}
 
     def __init__(self, width, scaling: Scaling3 | None = None, activation: str = "relu",
                  asi: bool = False, width2=None, frozen=()):
@@ -278,7 +278,7 @@ class ThreeLayer:
 
     def make_loss(self, xp, data, dtype):
         """``loss(y) -> float``: ``1/(2n) sum e^2`` alone (one forward pass)."""
-        Xt, XtT, Y = self._forward_setup(xp, data, dtype)
+        _, XtT, Y = self._forward_setup(xp, data, dtype)
         forward = self._make_forward(xp, data.d, data.n, dtype)
 
         def loss(y):
