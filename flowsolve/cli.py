@@ -193,5 +193,108 @@ def _solve_config(args) -> dict:
     return d
 
 
+# -- analyze / plot ------------------------------------------------------------------------
+def _open_any(path):
+    """A sweep directory (open_sweep) or a netCDF file (a combined sweep or one run)."""
+    import os
+
+    from . import io
+    from .sweep import MANIFEST, open_sweep
+
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, MANIFEST)):
+            raise ConfigError(f"{path!r} is not a sweep directory (no {MANIFEST})")
+        return open_sweep(path)
+    return io.load(path)
+
+
+@subcommand("analyze", "scaling exponents, regime labels and zero crossings of a sweep")
+def _analyze(p):
+    p.add_argument("sweep", help="sweep directory, or a netCDF file with a width dimension")
+    p.add_argument("--quantity", default=None,
+                   help="quantity for the tables (default rd_w_final, or rd_w1_final, "
+                        "rd_w2_final for three layers)")
+    p.add_argument("--tol", type=float, default=0.05,
+                   help="slopes within +-tol of 0 (beyond the interval) count as critical")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples over seeds")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--out", help="exponents netCDF (default: <sweep>/exponents.nc for a "
+                                 "directory, none for a file)")
+
+    def run(args):
+        import os
+
+        from . import analysis, io
+
+        ds = _open_any(args.sweep)
+        exps = analysis.scaling_exponents(ds, level=args.level, n_boot=args.n_boot)
+        fitted = [str(q) for q in exps["quantity"].values]
+        quants = [args.quantity] if args.quantity else \
+            [q for q in ("rd_w_final", "rd_w1_final", "rd_w2_final") if q in fitted]
+        for q in quants:
+            print(analysis.summarize(exps, q, tol=args.tol))
+            print()
+        out = args.out or (os.path.join(args.sweep, "exponents.nc")
+                           if os.path.isdir(args.sweep) else None)
+        if out:
+            io.save(exps, out)
+            print(f"exponents of {len(fitted)} quantities -> {out}")
+        return 0
+    return run
+
+
+@subcommand("plot", "figures (PNG) from a sweep directory, a sweep file or a run file")
+def _plot(p):
+    p.add_argument("path", help="sweep directory, combined sweep netCDF, or one run's netCDF")
+    p.add_argument("--out-dir", help="where figures go (default: <sweep>/figures, or next "
+                                     "to the run file)")
+    p.add_argument("--quantity", default="rd_w_final", help="quantity of the phase diagram")
+    p.add_argument("--tol", type=float, default=0.05, help="label tolerance (see analyze)")
+
+    def run(args):
+        import os
+
+        from . import analysis, plotting
+
+        ds = _open_any(args.path)
+        base = args.path.rstrip("/")
+        out = args.out_dir or (os.path.join(base, "figures") if os.path.isdir(base)
+                               else os.path.splitext(base)[0] + "_figures")
+        made = []
+        if "width" in ds.dims:
+            exps = analysis.scaling_exponents(ds, n_boot=200)
+            dims = set(exps["slope"].dims)
+            if {"gamma", "gamma_prime"} <= dims:
+                made.append(plotting.phase_diagram(
+                    exps, args.quantity, labels=analysis.classify(exps, args.quantity,
+                                                                  tol=args.tol),
+                    path=os.path.join(out, "phase_diagram.png")))
+                gp = ds["gamma_prime"].values
+                sel = {"gamma_prime": float(gp[abs(gp).argmin()])}
+                made.append(plotting.rd_vs_width(ds, exps, args.quantity, select=sel,
+                                                 path=os.path.join(out, "rd_vs_width.png")))
+            elif {"gamma2", "gamma3"} <= dims:
+                made.append(plotting.layer_phase_diagrams(
+                    exps, tol=args.tol, path=os.path.join(out, "layer_phase_diagrams.png")))
+            if "loss" in ds and "time" in ds["loss"].dims:
+                sel = {d: ds[d].values[0] for d in ds["loss"].dims
+                       if d not in ("time", "width", "seed")}
+                made.append(plotting.loss_curves(ds, hue="width", select=sel,
+                                                 path=os.path.join(out, "loss_curves.png")))
+        else:
+            if "orientation_init" in ds:
+                made.append(plotting.orientation_scatter(
+                    ds, path=os.path.join(out, "orientation_scatter.png")))
+            if "w_final" in ds:
+                made.append(plotting.cosine_map(ds, path=os.path.join(out, "cosine_map.png")))
+            if "loss" in ds:
+                made.append(plotting.loss_curves(ds, path=os.path.join(out, "loss.png")))
+        if not made:
+            raise ConfigError(f"nothing to plot in {args.path!r}")
+        print(f"{len(made)} figure(s) -> {out}")
+        return 0
+    return run
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

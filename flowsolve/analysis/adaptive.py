@@ -166,17 +166,24 @@ def solve_evaluator(widths, seeds=(0,), *, quantity: str = "rd_w_final", data=No
 
 def sweep_evaluator(spec, out_dir, *, quantity: str = "rd_w_final", n_boot: int = 0,
                     **run_kwargs):
-    """An evaluator running each round's points through the sweep engine.
+    """An evaluator running each round's points through the sweep engine in parallel.
+
+    Each round becomes one sweep under ``out_dir/round-<k>``: its grid is the product of
+    the round's distinct ``gamma`` and ``gamma'`` values, of which only the requested
+    pairs run (``run_sweep(..., runs=...)``); the round's Dataset
+    (:func:`flowsolve.open_sweep`) is fitted with
+    :func:`~flowsolve.analysis.scaling_exponents`. Rerunning the same bisection reuses
+    the finished run files (the rounds are deterministic).
 
     Parameters
     ----------
     spec : SweepSpec or dict
-        The template (model, data, widths, seeds, solver, ...); its grid is replaced by
-        each point ``{"gamma": [g], "gamma_prime": [gp]}``.
+        The template (model, data, widths, seeds, solver, ...); its grid is replaced.
     out_dir : path
-        Where run files go (one sub-directory per point; finished runs are reused).
+        Parent directory of the rounds' sweep directories.
     **run_kwargs
-        Passed to :func:`flowsolve.run_sweep` (e.g. ``progress``, ``client``).
+        Passed to :func:`flowsolve.run_sweep` (``scheduler``, ``workers``, ``progress``).
+        Pass a ``distributed.Client`` as ``scheduler`` to keep one cluster for all rounds.
     """
     import os
 
@@ -184,18 +191,22 @@ def sweep_evaluator(spec, out_dir, *, quantity: str = "rd_w_final", n_boot: int 
 
     from .exponents import scaling_exponents
 
-    if not hasattr(fs, "run_sweep"):
-        raise ConfigError("this build of flowsolve has no run_sweep; use solve_evaluator")
     base = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+    rounds = []
 
     def evaluate(points):
-        slopes = []
-        for g, gp in points:
-            d = dict(base, grid={"gamma": [g], "gamma_prime": [gp]})
-            sub = os.path.join(os.fspath(out_dir), f"gamma={g!r},gamma_prime={gp!r}")
-            ds = fs.run_sweep(fs.SweepSpec.from_dict(d), sub, **run_kwargs)
-            ex = scaling_exponents(ds, quantity, n_boot=n_boot)
-            slopes.append(float(np.asarray(ex["slope"].sel(quantity=quantity)).ravel()[0]))
-        return slopes
+        gs = sorted({g for g, _ in points})
+        gps = sorted({p for _, p in points})
+        sp = fs.SweepSpec.from_dict(dict(base, grid={"gamma": gs, "gamma_prime": gps}))
+        want = set(points)
+        idx = [r.index for r in sp.runs()
+               if (r.coords["gamma"], r.coords["gamma_prime"]) in want]
+        sub = os.path.join(os.fspath(out_dir), f"round-{len(rounds)}")
+        report = fs.run_sweep(sp, sub, runs=idx, **run_kwargs)
+        rounds.append(report)
+        ex = scaling_exponents(fs.open_sweep(sub), quantity, n_boot=n_boot)
+        ex = ex.sel(quantity=quantity)
+        return [float(ex["slope"].sel(gamma=g, gamma_prime=p)) for g, p in points]
 
+    evaluate.reports = rounds
     return evaluate

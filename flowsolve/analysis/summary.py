@@ -7,7 +7,7 @@ import numpy as np
 from .boundary import zero_crossings
 from .regimes import REGIME_NAMES, classify
 
-__all__ = ["L21_SLOPES", "slope_table", "crossing_table", "summarize"]
+__all__ = ["L21_SLOPES", "slope_table", "crossing_table", "grid_table", "summarize"]
 
 #: [L21]'s fitted S_w at gamma' = 0 (THEORY.md section 3)
 L21_SLOPES = {0.5: -0.506, 1.0: 0.007, 1.75: 0.372}
@@ -46,8 +46,25 @@ def crossing_table(exps, quantity: str = "rd_w_final") -> str:
     return "\n".join(lines)
 
 
+def grid_table(exps, quantity: str, tol: float = 0.05) -> str:
+    """Every grid point's slope, interval half-width and label (any grid dimensions)."""
+    lab = classify(exps, quantity, tol=tol)
+    flat = lab.to_dataframe().reset_index()
+    dims = [d for d in lab["slope"].dims]
+    lines = [quantity, " ".join(f"{d:>8}" for d in dims) + f" {'S':>8} {'+-':>7} label"]
+    for _, r in flat.iterrows():
+        lines.append(" ".join(f"{r[d]:8.3f}" for d in dims)
+                     + f" {r['slope']:8.3f} {r['uncertainty']:7.3f} "
+                     + REGIME_NAMES[int(r['regime'])])
+    return "\n".join(lines)
+
+
 def summarize(exps, quantity: str = "rd_w_final", tol: float = 0.05) -> str:
-    """Slope table at gamma' = 0, zero crossings, and label agreement with the theory."""
+    """Slope table at gamma' = 0, zero crossings, and label agreement with the theory
+    (two-layer grids); the full table of slopes and labels otherwise."""
+    ex = exps.sel(quantity=quantity) if "quantity" in exps.dims else exps
+    if not {"gamma", "gamma_prime"} <= set(ex["slope"].dims):
+        return grid_table(exps, quantity, tol)
     parts = [slope_table(exps, quantity)]
     if "gamma_prime" in exps.dims and "gamma" in exps.dims:
         parts.append(crossing_table(exps, quantity))

@@ -1,0 +1,85 @@
+"""[L21] Figures 3(d) and 4 on the 1-D four points: RD vs m, and the phase diagram.
+
+Runs a two-layer ReLU sweep (ASI, dopri5, stop at MSE 1e-6) through flowsolve.run_sweep
+(resumable: rerunning reuses finished run files under --out), then the analysis:
+scaling exponents S of RD* vs m with fit and seed intervals, regime labels against the
+theory, zero crossings gamma*(gamma'), and the figures in docs/img/.
+
+    .venv/bin/python examples/l21_phase_diagram.py              # reduced grid (this machine)
+    .venv/bin/python examples/l21_phase_diagram.py --full       # [L21]'s grid and widths
+
+The reduced grid (default) keeps gamma' in {-0.4, -0.2, 0, 0.2, 0.4}, gamma in
+{0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.6} and widths 500..8000 (one seed): [L21]'s widths
+1000..40000 on its 9 x 11 grid take hours on 2 cores.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+import flowsolve as fs
+import flowsolve.analysis as fa
+import flowsolve.plotting as fp
+
+REDUCED = dict(gamma=[0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.6],
+               gamma_prime=[-0.4, -0.2, 0.0, 0.2, 0.4], widths=[500, 1000, 2000, 4000, 8000],
+               seeds=[0])
+FULL = dict(gamma=[0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.4, 1.5],
+            gamma_prime=[round(-0.4 + 0.1 * i, 1) for i in range(9)],
+            widths=[1000, 5000, 10000, 20000, 40000], seeds=[0])
+#: rtol 1e-4 on the displacement: RD* within 0.01% of rtol 1e-6 runs at 10-50x less work
+#: (ReLU kinks make the cost of tight tolerances grow like 1/tol; docs/gallery.md)
+SOLVER = {"method": "dopri5", "rtol": 1e-4, "atol": 1e-7, "error_norm": "displacement",
+          "stop_at_loss": 5e-7, "t_end": 1e13, "max_steps": 300000}
+
+
+def spec_for(grid):
+    return fs.SweepSpec(model="two_layer", data="four_points",
+                        grid={"gamma": grid["gamma"], "gamma_prime": grid["gamma_prime"]},
+                        widths=grid["widths"], seeds=grid["seeds"], solver=dict(SOLVER),
+                        model_options={"activation": "relu", "asi": True},
+                        save={"params": False})
+
+
+def printer(rec, done, total):
+    print(f"[{done}/{total}] {rec['name']}: {rec['status']} ({rec['seconds']:.1f} s)",
+          flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--full", action="store_true", help="[L21]'s grid and widths (hours)")
+    p.add_argument("--out", default="out/l21_phase")
+    p.add_argument("--img", default="docs/img")
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args(argv)
+    grid = FULL if a.full else REDUCED
+    t0 = time.perf_counter()
+    rep = fs.run_sweep(spec_for(grid), a.out, workers=a.workers, progress=printer)
+    print(f"sweep: {rep.ran} runs computed, {rep.skipped} reused, {len(rep.failed)} failed, "
+          f"{rep.wall_time:.0f} s")
+    ds = fs.open_sweep(a.out)
+    cpu = float(np.nansum(ds["wall_time"].values))
+    exps = fa.scaling_exponents(ds)
+    fs.io.save(exps, os.path.join(a.out, "exponents.nc"))
+    print(fa.summarize(exps, "rd_w_final"))
+    print()
+    print(fa.slope_table(exps, "rd_w_max_final"))
+    lab = fa.classify(exps, "rd_w_final")
+    fp.phase_diagram(exps, "rd_w_final", labels=lab, path=os.path.join(a.img, "l21_phase_diagram.png"),
+                     title="[L21] Fig. 4 (reduced grid): S of RD* vs m")
+    fp.rd_vs_width(ds, exps, "rd_w_final", select={"gamma_prime": 0.0},
+                   path=os.path.join(a.img, "l21_rd_vs_m_grid.png"),
+                   title="RD* vs m at gamma' = 0 (sweep grid)")
+    fp.loss_curves(ds, hue="gamma", select={"gamma_prime": 0.0, "width": grid["widths"][-1]},
+                   path=os.path.join(a.img, "l21_loss_curves.png"),
+                   title=f"loss, gamma' = 0, m = {grid['widths'][-1]}")
+    print(f"compute: {cpu:.0f} s summed over runs; wall {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
