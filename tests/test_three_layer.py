@@ -308,3 +308,22 @@ def test_solve_to_xarray_and_netcdf_round_trip(four_points, tmp_path):
     assert back.attrs["beta_w1"] == ds.attrs["beta_w1"]
     # the final normalised parameters in the file are the solver's final state
     np.testing.assert_array_equal(back["w2_final"].values, model.unpack(sol.y_final)["w2"])
+
+
+def test_figure4_example_runs_small(tmp_path):
+    """examples/z22_figure4.py end to end at tiny widths: files, slopes, figure."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "z22_figure4.py"
+    spec = importlib.util.spec_from_file_location("z22_figure4", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.fit_slope([10, 100], [1.0, 10.0]) == pytest.approx(1.0)
+    assert mod.main(["--out", str(tmp_path), "--widths", "8,16", "--gamma3", "0.9",
+                     "--stop-at-loss", "1e-4"]) == 0
+    summary = fs.io.load(tmp_path / "summary.nc")
+    assert summary["rd_w1"].shape == (1, 2, 1)
+    assert np.isfinite(summary["slope_rd_w1"].values).all()
+    assert (tmp_path / "z22_figure4.png").stat().st_size > 0
+    assert fs.io.validate(tmp_path / "run_g3=0.9_m=16_seed=0.nc")
