@@ -2,11 +2,12 @@
 
 Same arrays as the NumPy backend (``xp = numpy``); what changes is who does the work:
 
-- two-layer RHS, small ``n d``: a fused streaming kernel (two passes over the neurons, no
-  n x m temporaries) from :mod:`._nb_two_layer`, serial below ``parallel_threshold``
+- two-layer RHS, d = 1 (any n): a fused streaming kernel (two passes over the neurons,
+  no n x m temporaries) from :mod:`._nb_two_layer`, serial below ``parallel_threshold``
   neurons and ``prange`` above;
-- two-layer RHS, ``n >= 16`` and ``d >= 7``: BLAS for ``W Xs^T`` and ``G Xt``, the
-  activation, the output reduction and the error scaling fused in one pass around them;
+- two-layer RHS, d >= 2: BLAS for ``W Xs^T`` and ``G Xt`` (blocks of neurons), the
+  activation, the output reduction and the error scaling fused in one pass around them
+  (faster than the general-d fused kernel in every case measured);
 - three-layer RHS: BLAS for the three m x m products, the elementwise work around them
   fused into four passes (:mod:`._nb_three_layer`);
 - every activation of :mod:`flowsolve.models.activations` has a kernel; a model without a
@@ -94,7 +95,8 @@ class NumbaBackend:
     stage_threshold : int
         State length from which the stage kernels run in parallel.
     path : {"auto", "fused", "blas"}
-        Two-layer RHS kernel family: ``auto`` takes BLAS when ``n >= 16`` and ``d >= 7``.
+        Two-layer RHS kernel family: ``auto`` takes the fused kernel for d = 1 (its
+        single-sweep case) and BLAS for d >= 2 (measured faster there, docs/benchmarks.md).
     """
 
     name = "numba"
@@ -163,7 +165,7 @@ class NumbaBackend:
             return "three_layer"
         if self.path != "auto":
             return self.path
-        return "blas" if (data.n >= 16 and data.d >= 7) else "fused"
+        return "fused" if data.d == 1 else "blas"
 
     def _fallback(self, model, why):
         warnings.warn(f"numba backend: {why}; using the model's NumPy code instead",
