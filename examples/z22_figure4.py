@@ -96,6 +96,7 @@ def plot(summary, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     g3s = summary["gamma3"].values
     fig, axes = plt.subplots(1, len(g3s), figsize=(4.2 * len(g3s), 3.8), squeeze=False)
@@ -112,6 +113,9 @@ def plot(summary, path):
                       label=f"RD({var[3:].upper()}): slope {slope:+.3f}")
             ax.loglog(widths, np.exp(np.polyval(fit, np.log(widths))), "-", color=color, lw=1)
         ax.set_title(f"gamma3 = {g3:g}, gamma2 = {float(summary.attrs['gamma2']):g}")
+        ax.set_xticks(widths)
+        ax.set_xticklabels([str(w) for w in widths])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("width m")
         ax.set_ylabel("RD at the end of training")
         ax.legend(fontsize=8)
