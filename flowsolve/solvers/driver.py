@@ -220,8 +220,9 @@ def solve(problem, method: str = "dopri5", *, backend=None, rtol: float = 1e-6,
         mode = "fixed" if fixed else "clip"
 
     rec = _Recorder(problem)
-    status, message = _integrate(stepper, mode, rec, save_times, snap_times, t_end,
-                                 stop_at_loss, max_steps, progress, method)
+    with np.errstate(over="ignore", invalid="ignore"):  # blow-ups end with a status instead
+        status, message = _integrate(stepper, mode, rec, save_times, snap_times, t_end,
+                                     stop_at_loss, max_steps, progress, method)
     stats = Stats(nfev=stepper.nfev, njev=getattr(stepper, "njev", 0), steps=stepper.steps,
                   rejected=stepper.rejected, wall_time=time.perf_counter() - t_wall,
                   method=getattr(stepper, "method_name", method))

@@ -207,8 +207,9 @@ class RKStepper:
 
 def secant_crossing(fn, t0, t1, g0, g1, xtol, maxiter=8):
     """Root of a scalar function ``fn(t)`` bracketed by ``g0 = fn(t0) > 0 >= g1 = fn(t1)``
-    (Illinois false position). Returns ``(t, value, payload)`` of the last evaluation with
-    ``value <= 0`` (so the returned point has crossed), or ``(t1, g1, None)``."""
+    (Illinois false position). Returns ``(t, value, payload)`` of the first evaluation with
+    ``|value| <= xtol``, else of the last one with ``value <= 0`` (a point that has
+    crossed), or ``(t1, g1, None)`` when no evaluation crossed."""
     best = (t1, g1, None)
     side = 0
     for _ in range(maxiter):
@@ -216,6 +217,8 @@ def secant_crossing(fn, t0, t1, g0, g1, xtol, maxiter=8):
         if not (min(t0, t1) < t < max(t0, t1)):
             t = 0.5 * (t0 + t1)
         g, payload = fn(t)
+        if abs(g) <= xtol:
+            return t, g, payload
         if g <= 0:
             best = (t, g, payload)
             t1, g1 = t, g
@@ -227,6 +230,4 @@ def secant_crossing(fn, t0, t1, g0, g1, xtol, maxiter=8):
             if side == 1:
                 g1 *= 0.5
             side = 1
-        if abs(g) <= xtol:
-            break
     return best
