@@ -13,8 +13,12 @@ timing, with one warm-up run per worker; its start-up time is reported separatel
 Speed-up = loop / sweep and parallel efficiency = speed-up / workers (wall time); CPU
 efficiency = CPU of the loop / CPU of the sweep (workers + scheduler + client: what the
 parallel efficiency would be on free cores if the work spread evenly), CPU overhead per
-run = (CPU of the sweep - CPU of the loop) / runs. "CPU in runs" sums the CPU time inside
-the runs on the workers (solve + save; equal to the loop's when workers are not slower).
+run = (CPU of the sweep - CPU of the loop) / runs. "CPU in runs" sums the CPU time of the
+task threads inside the runs on the workers (solve + save; equal to the loop's CPU when the
+workers do the same work equally fast); the rest of the sweep's CPU is Dask's: client,
+scheduler, and the workers' event loops (heartbeats), which grow with the wall time.
+"idle CPU/s" is the CPU the idle cluster uses per second (measured for 5 s before the
+sweep); dispatch CPU per task = (CPU of the sweep - CPU in runs - idle CPU/s x wall) / tasks.
 CPU times are less distorted than wall times by other processes on a shared machine, but
 the cluster's idle background (heartbeats) grows with the wall time. "load" is the
 1-minute load average when the row started.
@@ -76,7 +80,7 @@ def _cpu(client):
     return cpu
 
 
-def sweep_on(spec, out, workers, batch_seconds):
+def sweep_on(spec, out, workers, batch_seconds, idle_seconds=5.0):
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
@@ -86,6 +90,9 @@ def sweep_on(spec, out, workers, batch_seconds):
     client.run(_warm, spec, os.path.dirname(out))         # imports, first save
     startup = time.perf_counter() - t0
     try:
+        c0, t0 = _cpu(client), time.perf_counter()
+        time.sleep(idle_seconds)                           # the idle cluster's own CPU
+        idle = (_cpu(client) - c0) / (time.perf_counter() - t0)
         c0 = _cpu(client)
         rep = fs.run_sweep(spec, out=out, scheduler=client, progress=False,
                            batch_seconds=batch_seconds)
@@ -94,12 +101,13 @@ def sweep_on(spec, out, workers, batch_seconds):
     finally:
         client.close()
         cluster.close()
-    return rep, cpu, startup
+    return rep, cpu, startup, idle
 
 
 HEADER = ("| set | engine | tasks | wall s | wall/run ms | speed-up | efficiency | CPU s "
-          "| CPU in runs s | CPU efficiency | CPU overhead ms/run | load |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| CPU in runs s | CPU efficiency | CPU overhead ms/run | idle CPU/s "
+          "| dispatch CPU ms/task | load |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def bench(label, spec, workers_list, batch_seconds):
@@ -111,16 +119,18 @@ def bench(label, spec, workers_list, batch_seconds):
         load = os.getloadavg()[0]
         t_loop, cpu_loop = plain_loop(spec, os.path.join(tmp, "loop"))
         print(f"| {label} | plain loop | {runs} | {t_loop:.2f} | {t_loop / runs * 1e3:.1f} | 1 "
-              f"| 1 | {cpu_loop:.2f} | {cpu_loop:.2f} | 1 | 0 | {load:.1f} |", flush=True)
+              f"| 1 | {cpu_loop:.2f} | {cpu_loop:.2f} | 1 | 0 | | | {load:.1f} |", flush=True)
         for w in workers_list:
             out = os.path.join(tmp, f"w{w}")
             load = os.getloadavg()[0]
-            rep, cpu, startup = sweep_on(spec, out, w, batch_seconds)
+            rep, cpu, startup, idle = sweep_on(spec, out, w, batch_seconds)
             t = rep.wall_time
+            dispatch = (cpu - rep.run_cpu - idle * t) / rep.tasks
             print(f"| {label} | {w} worker{'s' if w > 1 else ''} (start {startup:.1f} s) | "
                   f"{rep.tasks} | {t:.2f} | {t / runs * 1e3:.1f} | {t_loop / t:.2f} | "
                   f"{t_loop / (w * t):.2f} | {cpu:.2f} | {rep.run_cpu:.2f} | "
-                  f"{cpu_loop / cpu:.2f} | {(cpu - cpu_loop) / runs * 1e3:.1f} | {load:.1f} |",
+                  f"{cpu_loop / cpu:.2f} | {(cpu - cpu_loop) / runs * 1e3:.1f} | {idle:.3f} | "
+                  f"{dispatch * 1e3:.1f} | {load:.1f} |",
                   flush=True)
             shutil.rmtree(out, ignore_errors=True)
 

@@ -65,7 +65,8 @@ class SweepReport:
     tasks : int
         Dask tasks submitted (runs are batched into tasks).
     run_seconds, run_cpu : float
-        Wall and CPU seconds spent inside the runs computed now (solve and save), summed.
+        Wall seconds and CPU seconds of the task thread spent inside the runs computed
+        now (solve and save), summed over the runs.
     """
 
     out: str
@@ -141,11 +142,11 @@ def _run_batch(spec, runs, out, session, write_on):
     """Task body: run ``runs`` one after the other, writing each file as it finishes."""
     records = []
     for run in runs:
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = time.perf_counter(), time.thread_time()
         ds = execute_run(spec, run, session)
         if write_on == "worker":
             _save(ds, os.path.join(out, run.filename))
-        rec = _record(run, ds, time.perf_counter() - t0, time.process_time() - c0)
+        rec = _record(run, ds, time.perf_counter() - t0, time.thread_time() - c0)
         if write_on == "client":
             rec["dataset"] = ds
         records.append(rec)
