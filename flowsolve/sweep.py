@@ -175,7 +175,7 @@ def run_sweep(spec, out="runs", scheduler=None, workers=None, progress=None,
     progress : None, bool or callable
         A tqdm bar over runs (None: when stderr is a terminal), or
         ``progress(record, done, total)`` called after every finished run with
-        ``record = {"name", "index", "status", "message", "seconds"}``. An exception
+        ``record = {"name", "index", "status", "message", "seconds", "cpu"}``. An exception
         raised by the callback interrupts the sweep (finished files are kept).
     batch_seconds : float
         Target duration of one task: runs that are estimated to take less are grouped
@@ -206,9 +206,13 @@ def run_sweep(spec, out="runs", scheduler=None, workers=None, progress=None,
     all_runs = spec.runs()
     if runs is not None:
         try:
-            all_runs = [all_runs[int(i)] for i in runs]
-        except (IndexError, TypeError, ValueError):
-            raise ConfigError(f"runs must be indices below {len(all_runs)}, got {runs!r}") from None
+            idx = sorted({int(i) for i in runs})
+        except (TypeError, ValueError):
+            idx = [-1]
+        if not idx or idx[0] < 0 or idx[-1] >= len(all_runs):
+            raise ConfigError(f"runs must be a non-empty list of indices 0..{len(all_runs) - 1}, "
+                              f"got {runs!r}")
+        all_runs = [all_runs[i] for i in idx]
     todo = [r for r in all_runs if not _finished(os.path.join(out, r.filename), redo_failed)]
     report = SweepReport(out=out, total=len(all_runs), skipped=len(all_runs) - len(todo))
     bar = _Progress(progress, report.total, report.skipped)
@@ -471,7 +475,8 @@ def open_sweep(path):
     for name, arr in series.items():
         out[name] = (dims + ("time",), arr)
     for name, arr in scalars.items():
-        out[name] = (dims, arr)
+        if name not in spec.grid:              # an explicit-scale grid is a coordinate
+            out[name] = (dims, arr)
     out["status"] = (dims, status.astype(str))
     out["message"] = (dims, message.astype(str))
     out.attrs.update(title="flowsolve sweep", flowsolve_version=__version__, model=spec.model,

@@ -119,6 +119,26 @@ def test_runs_product_and_names():
              spec.widths.index(r.width), spec.seeds.index(r.seed)), spec.shape()) == r.index
 
 
+def test_explicit_scale_grid_store_without_dask(tmp_path):
+    """open_sweep on files written in this process: scale coordinates, missing runs."""
+    from flowsolve.sweep import _prepare_dir, execute_run
+
+    spec = fs.SweepSpec(grid={"alpha": [10.0, 100.0], "beta1": [1.0], "beta2": [0.5, 1.0]},
+                        widths=[10], solver={"t_end": 100.0, "rtol": 1e-4},
+                        save={"params": False})
+    _prepare_dir(spec, str(tmp_path))
+    for r in spec.runs()[:3]:
+        fs.io.save(execute_run(spec, r), tmp_path / r.filename)
+    ds = fs.open_sweep(tmp_path)
+    assert ds["loss"].dims == ("alpha", "beta1", "beta2", "width", "seed", "time")
+    np.testing.assert_array_equal(ds["beta2"], [0.5, 1.0])
+    a, b1, b2 = np.meshgrid(ds["alpha"], ds["beta1"], ds["beta2"], indexing="ij")
+    kappa = ds["kappa"].isel(width=0, seed=0).values
+    assert list(ds["status"].values.ravel()) == ["success"] * 3 + ["missing"]
+    np.testing.assert_allclose(kappa.ravel()[:3], (b1 * b2 / a).ravel()[:3], rtol=1e-14)
+    assert np.isnan(ds["loss"].values.reshape(4, -1)[3]).all()
+
+
 # -- engine and store --------------------------------------------------------------------
 def test_sweep_matches_serial_solves(client, tmp_path):
     spec = small_spec()
@@ -167,6 +187,18 @@ def test_truncated_file_is_redone(client, tmp_path):
     assert fs.io.validate(victim) and session_and_mtime(other) == other_stamp
     after = fs.open_sweep(tmp_path)
     np.testing.assert_array_equal(after["rd_w"].values, before["rd_w"].values)
+
+
+def test_subset_of_runs_then_the_rest(client, tmp_path):
+    spec = small_spec(widths=[20])
+    with pytest.raises(fs.ConfigError, match="indices"):
+        fs.run_sweep(spec, out=tmp_path, scheduler=client, runs=[4])
+    rep = fs.run_sweep(spec, out=tmp_path, scheduler=client, progress=False, runs=[3, 0])
+    assert (rep.total, rep.ran) == (2, 2)
+    assert sorted(p.name for p in tmp_path.glob("*.nc")) == sorted(
+        spec.runs()[i].filename for i in (0, 3))
+    rep = fs.run_sweep(spec, out=tmp_path, scheduler=client, progress=False)
+    assert (rep.total, rep.skipped, rep.ran) == (4, 2, 2)
 
 
 def test_diverging_run_is_recorded_and_others_finish(client, tmp_path):
