@@ -186,13 +186,13 @@ def test_linear_regime_follows_the_linearised_flow(four_points):
 
 def test_relu_conserves_the_balanced_quantities(four_points):
     """|W_{l+1}[:, k]|^2 - |W_l[k, :]|^2 per hidden neuron (original variables) along a
-    dopri5 trajectory; tanh, which is not homogeneous, visibly does not conserve them."""
+    dopri5 trajectory (rtol 1e-6); tanh, not homogeneous, visibly does not conserve them."""
     s = fs.Scaling3(alpha=2.0, beta_w1=0.7, beta_w2=1.3, beta_a=0.5, width=10)
     drift = {}
     for act in ("relu", "tanh"):
         model = fs.ThreeLayer(10, s, activation=act, asi=True, width2=8)
         prob = fs.Problem(model, four_points, seed=2)
-        sol = fs.solve(prob, "dopri5", rtol=1e-7, atol=1e-10, t_end=30.0, save_at=[0.0],
+        sol = fs.solve(prob, "dopri5", rtol=1e-6, atol=1e-9, t_end=12.0, save_at=[0.0],
                        progress=False)
         assert sol.status == fs.Status.SUCCESS
         assert sol.final["loss"] < 0.5 * sol.loss[0]
@@ -288,7 +288,7 @@ def test_solve_to_xarray_and_netcdf_round_trip(four_points, tmp_path):
     m = 12
     model = fs.ThreeLayer(m, fs.Scaling3.from_gammas(0.0, 1.5, m), asi=True, width2=9)
     prob = fs.Problem(model, four_points, seed=0)
-    sol = fs.solve(prob, "dopri5", rtol=1e-5, atol=1e-8, t_end=5.0, progress=False)
+    sol = fs.solve(prob, "dopri5", rtol=1e-5, atol=1e-8, t_end=5.0, save_at=3, progress=False)
     assert sol.status == fs.Status.SUCCESS
     ds = sol.to_xarray()
     for name in ("loss", "rd_w1", "rd_w2", "rd_a", "rd_theta", "rd_w1_max"):
