@@ -71,6 +71,9 @@ class ThreeLayer:
     """
 
     name = "three_layer"
+    #: what the solver's time variable is (recorded in files)
+    time_description = ("normalised time t^ = t / T, T = (beta_w1 beta_w2 beta_a)^(2/3), "
+                        "t the gradient-flow time")
     #: relative changes tracked over time (and their running maxima)
     rd_names = ("rd_w1", "rd_w2", "rd_a", "rd_theta")
     #: netCDF dimensions of the arrays returned by :meth:`unpack`

@@ -53,6 +53,8 @@ class TwoLayer:
     rd_names = ("rd_w", "rd_a", "rd_theta")
     #: netCDF dimensions of the arrays returned by :meth:`unpack`
     param_dims = {"a": ("neuron",), "w": ("neuron", "component")}
+    #: what the solver's time variable is (recorded in files)
+    time_description = "normalised time t^ = t / (beta1 beta2), t the gradient-flow time"
 
     def __init__(self, width, scaling: Scaling | None = None, activation: str = "relu",
                  asi: bool = False):

@@ -96,7 +96,7 @@ class Solution:
 
         prob = self.problem
         ds = xr.Dataset(coords={"time": ("time", np.asarray(self.t, dtype=np.float64), {
-            "units": "1", "long_name": "normalised time t^ = t / (beta1 beta2)",
+            "units": "1", "long_name": getattr(prob.model, "time_description", "normalised time"),
             "standard_name": "time"})})
         for k, v in self.observables.items():
             base = k[:-4] if k.endswith("_max") else k
