@@ -45,7 +45,7 @@ _RUN_ATTRS = {"nfev": "stats_nfev", "njev": "stats_njev", "steps": "stats_steps"
 #: handed back to the OS after every call (PERFORMANCE.md, pitfall 2)
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
               "NUMBA_NUM_THREADS": "1", "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-              "MALLOC_MMAP_THRESHOLD_": str(1 << 30)}
+              "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}    # glibc's maximum on 64-bit
 
 
 @dataclass
@@ -138,8 +138,36 @@ def _record(run, ds, seconds, cpu=0.0):
             "message": str(ds.attrs.get("message", "")), "seconds": seconds, "cpu": cpu}
 
 
+_MALLOC_TUNED = []
+
+
+def tune_malloc(trim=1 << 30, mmap=32 << 20) -> bool:
+    """Raise glibc's trim and mmap thresholds in this process (once; Linux/glibc only).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, so every large
+    NumPy temporary is handed back to the OS after use and faulted in again on the next
+    call (PERFORMANCE.md, pitfall 2). Called at the start of every sweep task, so workers
+    of any cluster (not only the embedded one, which also gets :data:`WORKER_ENV`) keep
+    their memory. Returns whether the thresholds were set.
+    """
+    if not _MALLOC_TUNED:
+        ok = False
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3        # glibc's mallopt parameters
+            ok = bool(libc.mallopt(m_trim_threshold, int(trim))) and bool(
+                libc.mallopt(m_mmap_threshold, int(mmap)))
+        except (OSError, AttributeError):
+            pass
+        _MALLOC_TUNED.append(ok)
+    return _MALLOC_TUNED[0]
+
+
 def _run_batch(spec, runs, out, session, write_on):
     """Task body: run ``runs`` one after the other, writing each file as it finishes."""
+    tune_malloc()
     records = []
     for run in runs:
         t0, c0 = time.perf_counter(), time.thread_time()

@@ -173,6 +173,37 @@ def test_sweep_matches_serial_solves(client, tmp_path):
         fs.run_sweep(small_spec(seeds=[0]), out=tmp_path, scheduler=client)
 
 
+FAULTS = """
+import resource, sys, numpy as np
+from flowsolve.sweep import tune_malloc
+def faults():
+    def work():
+        for _ in range(50):
+            a = np.ones((200_000, 5)) * 2.0        # 8 MB temporaries
+            a @ np.ones(5)
+    work()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    work()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+before = faults()
+ok = tune_malloc()
+print(before, faults(), ok)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning")
+def test_tune_malloc_keeps_large_temporaries():
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: then every 8 MB
+    temporary goes back to the OS and is faulted in again (~800 page faults per loop);
+    tune_malloc, called by every sweep task, stops that."""
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    r = subprocess.run([sys.executable, "-c", FAULTS], env=env, check=True,
+                       capture_output=True, text=True, timeout=120)
+    before, after, ok = r.stdout.split()
+    assert ok == "True"
+    assert int(before) > 10_000 and int(after) < 1000, r.stdout
+
+
 def test_truncated_file_is_redone(client, tmp_path):
     spec = small_spec(widths=[20], seeds=[0])
     fs.run_sweep(spec, out=tmp_path, scheduler=client, progress=False)
