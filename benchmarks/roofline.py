@@ -52,6 +52,7 @@ def triad_bandwidth(N, threads=None):
 
     a, b, c = np.empty(N), np.random.rand(N), np.random.rand(N)
     saved = numba.get_num_threads()
+    threads = threads or THREADS
     if threads:
         numba.set_num_threads(threads)
     try:
@@ -102,10 +103,10 @@ def two_layer_row(m, n, d, dtype, bw, peak, torch_on):
     rng = np.random.default_rng(0)
     data = fs.datasets.Dataset(rng.uniform(-1, 1, (n, d)), rng.standard_normal(n))
     model = fs.TwoLayer(width=m, activation="relu", asi=False)
-    backends = {"numpy": "numpy", "numba": NumbaBackend()}
-    if n >= 16:
-        backends["numba-fused"] = NumbaBackend(path="fused")
-        backends["numba-blas"] = NumbaBackend(path="blas")
+    backends = {"numpy": "numpy", "numba": NumbaBackend(threads=THREADS)}
+    if n >= 16 or d > 1:
+        other = "blas" if backends["numba"].kernel_plan(model, data) == "fused" else "fused"
+        backends[f"numba-{other}"] = NumbaBackend(path=other, threads=THREADS)
     fns = {}
     probs = {}
     for name, be in backends.items():
@@ -123,8 +124,8 @@ def two_layer_row(m, n, d, dtype, bw, peak, torch_on):
     t_mem = 2.0 * P * item / (bw * 1e9)
     t_flop = m * n * (4.0 * (d + 1) + 6.0) / (peak * 1e9)
     roof = max(t_mem, t_flop)
-    best = min(v for k, v in times.items() if k.startswith("numba"))
-    plan = NumbaBackend().kernel_plan(model, data)
+    best = times["numba"]
+    plan = backends["numba"].kernel_plan(model, data)
     return {"times": times, "roof": roof, "bound": "mem" if t_mem >= t_flop else "flop",
             "frac": roof / best, "P": P, "plan": plan}
 
@@ -134,8 +135,8 @@ def three_layer_row(m, n, d, dtype):
     data = fs.datasets.Dataset(rng.uniform(-1, 1, (n, d)), rng.standard_normal(n))
     model = fs.ThreeLayer(width=m, activation="relu", asi=False)
     fns = {}
-    for name in ("numpy", "numba"):
-        p = fs.Problem(model, data, seed=0, backend=name, dtype=dtype)
+    for name, be in (("numpy", "numpy"), ("numba", NumbaBackend(threads=THREADS))):
+        p = fs.Problem(model, data, seed=0, backend=be, dtype=dtype)
         out = np.empty_like(p.y0)
         fns[name] = (lambda p=p, out=out: p.rhs_into(p.y0, out))
     W2 = rng.standard_normal((m, m + 1)).astype(dtype)
@@ -163,6 +164,8 @@ def main(argv=None):
     ap.add_argument("--triad-n", type=float, default=5e7)
     ap.add_argument("--max-state-mb", type=float, default=600.0,
                     help="skip two-layer cases whose temporaries would exceed ~this")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for Numba, BLAS and torch alike (default: each its own)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-time table")
     ap.add_argument("--quick", action="store_true",
@@ -174,6 +177,16 @@ def main(argv=None):
         args.three_widths = [m for m in args.three_widths if m <= 1000]
         args.triad_n = min(args.triad_n, 2e7)
     torch_on = not args.no_torch and torch_or_none() is not None
+    global THREADS
+    THREADS = args.threads
+    if THREADS:
+        import numba
+        from threadpoolctl import threadpool_limits
+
+        numba.set_num_threads(THREADS)
+        args._limits = threadpool_limits(THREADS)      # held for the whole run
+        if torch_on:
+            torch_or_none().set_num_threads(THREADS)
 
     bw1 = triad_bandwidth(int(args.triad_n), threads=1)
     bw = triad_bandwidth(int(args.triad_n))

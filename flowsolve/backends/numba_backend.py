@@ -131,8 +131,10 @@ class NumbaBackend:
 
     def _par(self, size, threshold) -> int:
         """Number of chunks for a parallel kernel on ``size`` items, or 0 for serial."""
+        if size < threshold:
+            return 0
         k = self.threads
-        if k < 2 or size < threshold:
+        if k < 2:
             return 0
         if self.user_threads is not None:
             numba.set_num_threads(k)
