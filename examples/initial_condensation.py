@@ -19,8 +19,8 @@ import flowsolve as fs
 import flowsolve.analysis as fa
 import flowsolve.plotting as fp
 
-#: activation -> normalised end time of the run (x tanh grows more slowly from small init)
-T_END = {"tanh": 1e8, "xtanh": 1e12, "relu": 1e8}
+#: the runs stop after this many steps (the initial stage is over long before)
+MAX_STEPS = 6000
 
 
 def data():
@@ -28,20 +28,19 @@ def data():
     return fs.Dataset(x, np.sin(np.pi * x[:, 0]) + 0.5, name="sin_plus_half")
 
 
-def run(activation, width, scale_exp, seed=0):
+def run(activation, width, scale_exp, seed=0, t_end=1e9):
     beta = width ** -scale_exp
     sc = fs.Scaling(alpha=1.0, beta1=beta, beta2=beta, width=width)
     prob = fs.Problem(fs.TwoLayer(width, sc, activation), data(), seed=seed)
-    t_end = T_END[activation]
-    snaps = np.concatenate([[0.0], np.geomspace(t_end * 1e-6, t_end, 31)])
+    snaps = np.concatenate([[0.0], np.geomspace(t_end * 1e-7, t_end, 36)])
     return fs.solve(prob, "dopri5", rtol=1e-6, atol=1e-12, t_end=t_end, snapshots=snaps,
-                    stop_at_loss=1e-6, progress=False)
+                    stop_at_loss=1e-5, max_steps=MAX_STEPS, progress=False)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--width", type=int, default=200)
-    p.add_argument("--scale-exp", type=float, default=1.5,
+    p.add_argument("--width", type=int, default=100)
+    p.add_argument("--scale-exp", type=float, default=1.0,
                    help="beta1 = beta2 = width**-scale_exp, alpha = 1 (small init)")
     p.add_argument("--img", default="docs/img")
     p.add_argument("--out", default="out/initial_condensation")
@@ -57,11 +56,13 @@ def main(argv=None):
         res = fa.initial_condensation(ds, threshold=0.9)
         zang = np.arctan2(res["z_direction"][1], res["z_direction"][0])
         ts = res["snapshot_time"]
+        # the first snapshot at or after the condensation time (the last one if none)
         j = int(np.searchsorted(ts, res["time"])) if np.isfinite(res["time"]) else len(ts) - 1
-        j = min(j + 2, len(ts) - 1)                  # a little after condensation
+        j = min(j, len(ts) - 1)
         w, av = ds["w_snapshot"].values[j], ds["a_snapshot"].values[j]
         amp = np.abs(av) * np.linalg.norm(w, axis=1)
-        print(f"{act}: status {sol.status}, condensation time {res['time']:.3g}"
+        print(f"{act}: {sol.status} at t={sol.t_final:.3g}, loss {sol.final['loss']:.3g}; "
+              f"condensation time {res['time']:.3g}"
               + (f" (x growth rate = {res['time_scaled']:.2f})" if "time_scaled" in res else "")
               + f", |cos(axis, z)| = {res['alignment']:.4f}, clusters at t={ts[j]:.3g}: "
               f"{res['clusters'][j]}, final {res['clusters'][-1]}, bound 2p = "
@@ -69,6 +70,8 @@ def main(argv=None):
         ax = axes[row, 0]
         ax.scatter(np.arctan2(w[:, 1], w[:, 0]), amp / amp.max(), s=8, c="tab:red",
                    label=f"t = {ts[j]:.2g}")
+        ax.set_yscale("log")
+        ax.set_ylim(1e-5, 2)
         w0 = ds["w_init"].values
         amp0 = np.abs(ds["a_init"].values) * np.linalg.norm(w0, axis=1)
         ax.scatter(np.arctan2(w0[:, 1], w0[:, 0]), amp0 / amp0.max(), s=8, c="0.6",

@@ -326,6 +326,6 @@ def condensation_dynamics(result, *, ax=None, path=None, title=None):
     if "bound" in result:
         ax2.axhline(result["bound"], color="tab:red", ls=":", lw=1)
     ax2.set_ylim(0, max(np.max(result["clusters"]) + 1, 3))
-    ax.legend(fontsize=8, loc="center left")
+    ax.legend(fontsize=8, loc="center right")
     ax.set_title(title or "initial condensation")
     return _finish(fig, path)
