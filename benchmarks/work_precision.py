@@ -28,6 +28,7 @@ Tables are printed as markdown; ``--json`` saves every run, ``--plot`` the figur
     .venv/bin/python benchmarks/work_precision.py --quick
     .venv/bin/python benchmarks/work_precision.py --widths 1e3 1e4 --json out/wp.json \\
         --plot docs/img/work_precision.png
+    .venv/bin/python benchmarks/work_precision.py --replot out/wp.json --plot fig.png
 """
 
 from __future__ import annotations
@@ -136,6 +137,9 @@ def run_flowsolve(prob, method, T, budget, **kw):
 def run_scipy(prob_np, method, T, budget, rtol, atol):
     from scipy.integrate import solve_ivp
 
+    P = prob_np.size
+    if method in ("LSODA", "BDF", "Radau") and 8.0 * P * P > 2e9:
+        raise Budget(f"dense {P} x {P} Jacobian ({8.0 * P * P / 1e9:.0f} GB)")
     grid = save_grid(T)
     t0 = time.perf_counter()
 
@@ -248,6 +252,11 @@ def regime(m, gamma, args, torch_on):
             return
         try:
             r = fn()
+        except MemoryError:
+            dead.add(key)
+            rows.append({"tool": tool, "method": method, "backend": backend,
+                         "setting": setting, "failed": "out of memory"})
+            return
         except Budget as exc:
             dead.add(key)
             rows.append({"tool": tool, "method": method, "backend": backend,
@@ -402,7 +411,19 @@ def main(argv=None):
     ap.add_argument("--plot", help="save the work-precision figure here (PNG)")
     ap.add_argument("--quick", action="store_true",
                     help="m = 1e3 only, loss tol 1e-4, rtols 1e-3 1e-5, 2 GD rates, 10 s runs")
+    ap.add_argument("--replot", nargs="+", metavar="JSON",
+                    help="no runs: print the tables and draw --plot from saved --json files")
     args = ap.parse_args(argv)
+    if args.replot:
+        results = []
+        for path in args.replot:
+            with open(path) as fh:
+                results += json.load(fh)["results"]
+        for res in results:
+            print_regime(res, args.accuracy)
+        if args.plot:
+            plot(results, args.plot)
+        return
     if args.quick:
         args.widths = [1e3]
         args.loss_tol = max(args.loss_tol, 1e-4)
@@ -421,13 +442,12 @@ def main(argv=None):
             print(f"\n== m = {w:g}, gamma = {g}", flush=True)
             res = regime(int(w), g, args, torch_on)
             results.append(res)
-    for res in results:
-        print_regime(res, args.accuracy)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump({"machine": machine(), "options": vars(args), "results": results}, fh,
-                      indent=1, default=float)
+            print_regime(res, args.accuracy)        # as soon as each regime is done
+            if args.json:
+                os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+                with open(args.json, "w") as fh:
+                    json.dump({"machine": machine(), "options": vars(args),
+                               "results": results}, fh, indent=1, default=float)
     if args.plot:
         plot(results, args.plot)
 
