@@ -331,6 +331,29 @@ def print_regime(res, acc):
               f"{ratio:.1f}x |")
 
 
+def print_summary(results, acc):
+    """One table over all regimes: each series' fastest time at RD* err <= acc, divided by
+    flowsolve's fastest in that regime (``-`` where a series never got there)."""
+    cols = [(r["m"], r["gamma"]) for r in results]
+    table = {}
+    for j, res in enumerate(results):
+        best = equal_accuracy(res["rows"], acc)
+        fs_best = min((v["wall"] for k, v in best.items() if k[0] == "flowsolve"),
+                      default=math.nan)
+        for r in res["rows"]:
+            table.setdefault((r["tool"], r["method"], r["backend"]), [None] * len(cols))
+        for k, v in best.items():
+            table[k][j] = v["wall"] / fs_best
+    print(f"\nTime to RD* err <= {acc:g}, relative to flowsolve's fastest run in each regime "
+          f"(``-``: never reached it within the run budget):\n")
+    print("| tool | method | backend | " + " | ".join(f"m={m:g}, gamma={g}" for m, g in cols)
+          + " |")
+    print("|---|---|---|" + "---|" * len(cols))
+    for k, vals in table.items():
+        cells = ["-" if v is None else f"{v:.1f}x" for v in vals]
+        print(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(cells) + " |")
+
+
 def equal_accuracy(rows, acc):
     best = {}
     for r in rows:
@@ -421,6 +444,7 @@ def main(argv=None):
                 results += json.load(fh)["results"]
         for res in results:
             print_regime(res, args.accuracy)
+        print_summary(results, args.accuracy)
         if args.plot:
             plot(results, args.plot)
         return
@@ -448,6 +472,7 @@ def main(argv=None):
                 with open(args.json, "w") as fh:
                     json.dump({"machine": machine(), "options": vars(args),
                                "results": results}, fh, indent=1, default=float)
+    print_summary(results, args.accuracy)
     if args.plot:
         plot(results, args.plot)
 
