@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 ## make demo: the [L21] width sweep at gamma' = 0 (netCDF + PNG under out/)
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py --out out
+	$(BIN)/flowsolve demo --out out
 
 ## make test: the test suite
 test: $(STAMP)

@@ -296,5 +296,21 @@ def _plot(p):
     return run
 
 
+
+# -- demo -----------------------------------------------------------------------------------
+@subcommand("demo", "the [L21] width sweep at gamma' = 0 and a coarse phase diagram (make demo)")
+def _demo(p):
+    p.add_argument("--out", default="out", help="output directory (default out/)")
+    p.add_argument("--quick", action="store_true", help="small widths: a one-minute smoke run")
+    p.add_argument("--workers", type=int, default=2, help="Dask worker processes (default 2)")
+    p.add_argument("--skip-phase-diagram", action="store_true", help="run part 1 only")
+
+    def run(args):
+        from .demo import run as run_demo
+
+        return run_demo(args)
+    return run
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

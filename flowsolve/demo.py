@@ -15,31 +15,32 @@ by <= 0.3% between rtol 1e-3 and 1e-4 at m = 1e3 and 1e4 (docs/getting-started.m
 below the spread that decides a slope; tighter tolerances cost ~1/tol in the condensed
 regime (shared/PERFORMANCE.md).
 
-Usage: python examples/demo.py --out out [--quick] [--workers 2] [--skip-phase-diagram]
+Usage: flowsolve demo --out out [--quick] [--workers 2] [--skip-phase-diagram]
+(``make demo`` runs ``flowsolve demo --out out``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 import time
 
-import flowsolve as fs
-from flowsolve import analysis, plotting
+from . import analysis, plotting
+from .sweep import SweepSpec, open_sweep, run_sweep
 
 SOLVER = {"method": "dopri5", "rtol": 1e-4, "atol": 1e-7, "stop_at_loss": 5e-7,
           "backend": "numba"}
 
 
 def width_sweep(out, widths, workers):
-    spec = fs.SweepSpec(model="two_layer", data="four_points",
+    spec = SweepSpec(model="two_layer", data="four_points",
                         grid={"gamma": [0.5, 1.0, 1.75], "gamma_prime": [0.0]},
                         widths=widths, seeds=[0], solver=SOLVER,
                         model_options={"activation": "relu", "asi": True},
                         save={"params": False})
     t0 = time.perf_counter()
-    fs.run_sweep(spec, out=os.path.join(out, "widths"), workers=workers, progress=True)
-    ds = fs.open_sweep(os.path.join(out, "widths")).isel(seed=0, gamma_prime=0)
+    run_sweep(spec, out=os.path.join(out, "widths"), workers=workers, progress=True)
+    ds = open_sweep(os.path.join(out, "widths")).isel(seed=0, gamma_prime=0)
     print(f"\nPart 1: [L21] width sweep at gamma' = 0 ({time.perf_counter() - t0:.1f} s)")
     print(f"{'gamma':>6} {'width':>7} {'RD*':>10} {'sup RD':>10} {'t_final':>10} "
           f"{'RHS':>8} {'seconds':>8} status")
@@ -49,7 +50,7 @@ def width_sweep(out, widths, workers):
             print(f"{g:6.2f} {m:7d} {float(r.rd_w_final):10.4g} {float(r.rd_w_max_final):10.4g}"
                   f" {float(r.t_final):10.3g} {int(r.nfev):8d} {float(r.wall_time):8.1f} "
                   f"{str(r.status.values)}")
-    full = fs.open_sweep(os.path.join(out, "widths"))
+    full = open_sweep(os.path.join(out, "widths"))
     exps = analysis.scaling_exponents(full, "rd_w_final", n_boot=0)
     print()
     print(analysis.slope_table(exps, "rd_w_final"))
@@ -60,14 +61,14 @@ def width_sweep(out, widths, workers):
 
 
 def phase_diagram(out, widths, gammas, gamma_primes, workers):
-    spec = fs.SweepSpec(model="two_layer", data="four_points",
+    spec = SweepSpec(model="two_layer", data="four_points",
                         grid={"gamma": gammas, "gamma_prime": gamma_primes},
                         widths=widths, seeds=[0], solver=SOLVER,
                         model_options={"activation": "relu", "asi": True},
                         save={"params": False})
     t0 = time.perf_counter()
-    fs.run_sweep(spec, out=os.path.join(out, "phase"), workers=workers, progress=True)
-    ds = fs.open_sweep(os.path.join(out, "phase"))
+    run_sweep(spec, out=os.path.join(out, "phase"), workers=workers, progress=True)
+    ds = open_sweep(os.path.join(out, "phase"))
     exps = analysis.scaling_exponents(ds, "rd_w_final", n_boot=0)
     print(f"\nPart 2: coarse phase diagram, {ds.sizes['gamma'] * ds.sizes['gamma_prime']} grid "
           f"points x {len(widths)} widths ({time.perf_counter() - t0:.1f} s)")
@@ -77,22 +78,19 @@ def phase_diagram(out, widths, gammas, gamma_primes, workers):
     print(f"wrote {png} and the sweep store {out}/phase/")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="out")
-    p.add_argument("--quick", action="store_true", help="smaller widths (a smoke run)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--skip-phase-diagram", action="store_true")
-    a = p.parse_args(argv)
+def run(args) -> int:
     t0 = time.perf_counter()
-    os.makedirs(a.out, exist_ok=True)
-    widths = [100, 200, 400] if a.quick else [1000, 5000, 10000, 20000, 40000]
-    width_sweep(a.out, widths, a.workers)
-    if not a.skip_phase_diagram:
-        phase_diagram(a.out, [100, 200, 400] if a.quick else [500, 1000, 2000, 4000],
-                      [0.6, 0.8, 1.0, 1.2, 1.4], [-0.4, 0.0, 0.4], a.workers)
+    os.makedirs(args.out, exist_ok=True)
+    widths = [100, 200, 400] if args.quick else [1000, 5000, 10000, 20000, 40000]
+    width_sweep(args.out, widths, args.workers)
+    if not args.skip_phase_diagram:
+        phase_diagram(args.out, [100, 200, 400] if args.quick else [500, 1000, 2000, 4000],
+                      [0.6, 0.8, 1.0, 1.2, 1.4], [-0.4, 0.0, 0.4], args.workers)
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import main
+
+    raise SystemExit(main(["demo", *sys.argv[1:]]))
