@@ -49,7 +49,7 @@ def width_sweep(out, widths, workers):
             r = ds.sel(gamma=g, width=m)
             print(f"{g:6.2f} {m:7d} {float(r.rd_w_final):10.4g} {float(r.rd_w_max_final):10.4g}"
                   f" {float(r.t_final):10.3g} {int(r.nfev):8d} {float(r.wall_time):8.1f} "
-                  f"{str(r.status.values)}")
+                  f"{r.status.values!s}")
     full = open_sweep(os.path.join(out, "widths"))
     exps = analysis.scaling_exponents(full, "rd_w_final", n_boot=0)
     print()

@@ -11,7 +11,7 @@ def test_demo_quick_part1(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "flowsolve.cli", "demo", "--quick",
                         "--skip-phase-diagram", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "rd_w_final at gamma' = 0" in r.stdout and "[L21]" in r.stdout
     files = sorted(os.listdir(out / "widths"))
