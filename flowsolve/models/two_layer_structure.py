@@ -60,7 +60,7 @@ class Linearization:
         The diagonal ``C`` with ``dy/dt = -C J^T e / n``.
     """
 
-    def __init__(self, consts: _Consts, y):
+    def __init__(self, consts: _Consts, y, S=None):
         c = self.c = consts
         xp = c.xp
         M, D = c.M, c.D
@@ -69,8 +69,13 @@ class Linearization:
         if c.s != 1.0:
             pre *= c.s
         self.h = c.act.sigma(xp, pre)                           # (M, n)
-        self.ag = c.act.dsigma(xp, pre) * self.a[:, None]       # (M, n): a_k sigma'_ki
+        g = c.act.dsigma(xp, pre)
+        sliding = S is not None and bool(S.any())
+        if sliding:
+            self.h[S] = 0.0
         self.e = c.cf * (self.a @ self.h) - c.Y
+        self.theta = controls(xp, g, S, self.e, c.XX) if sliding else None
+        self.ag = g * self.a[:, None]                           # (M, n): a_k sigma'_ki
         self.loss = float(self.e @ self.e) / (2.0 * c.n)
         self.mobility = c.mobility
 
@@ -113,12 +118,15 @@ class Linearization:
 
 
 def make_linearize(model, xp, data, dtype):
-    """``linearize(y) -> Linearization`` for ``model`` on ``data``; the function carries
+    """``linearize(y, S=None) -> Linearization`` for ``model`` on ``data`` (``S``: bool
+    (M, n) sliding pairs of a ReLU flow, whose ``sigma'`` becomes the equivalent control
+    ``theta`` and ``sigma`` zero: then ``-C J^T e / n`` is the sliding-mode flow and
+    ``lin.theta`` holds the controls); the function carries
     ``mobility`` (P,), ``gram_cost`` (RHS-equivalents of one Gram matrix) and ``n``."""
     consts = _Consts(model, xp, data, dtype)
 
-    def linearize(y):
-        return Linearization(consts, y)
+    def linearize(y, S=None):
+        return Linearization(consts, y, S)
 
     linearize.mobility = consts.mobility
     linearize.gram_cost = consts.gram_cost

@@ -131,16 +131,16 @@ class ExpGNStepper:
 
     # -- linear algebra in the n-dimensional residual space -------------------------------
     def _set_point(self, y):
-        lin = self.linearize(y)
+        lin = self.linearize(y) if self.sw is None else self.linearize(y, self.S)
         K = self.be.to_numpy(lin.gram()) / self.n
         lam, V = np.linalg.eigh(0.5 * (K + K.T))
         lam = np.maximum(lam, 0.0)
         self.njev_f += 0.5 + self.linearize.gram_cost
         self.nfact += 1
-        self.cur = (lin, lam, V)
+        self.cur = (lin, lam, V, None if self.sw is None else self.S)
 
     def _initial_step(self):
-        lin, lam, _ = self.cur
+        lin, lam = self.cur[:2]
         f0 = lin.cjt(-lin.e / self.n)
         self.njev_f += 0.5
         xp = self.xp
@@ -168,13 +168,17 @@ class ExpGNStepper:
 
         Writes ``y1`` into ``y_out``; returns the error vector ``y1 - U`` (P,).
         """
-        lin, lam, V = point
+        lin, lam, V, self._S_attempt = point
         n = self.n
         ph0, ph1, _, ph3 = phi_functions(-h * lam, 3)
         e0 = lin.e
         U = lin.cjt(self._apply(V, -h * ph1, e0) / n)
         U += y
-        self._loss_U = self.rhs(U, self.fU)
+        if self.sw is not None:
+            self.sw.set_sliding(self._S_attempt)
+            self._loss_U = self.sw.rhs(U, self.fU)      # the sliding-mode flow
+        else:
+            self._loss_U = self.rhs(U, self.fU)
         self.nfev += 1
         e_lin = self._apply(V, ph0, e0)
         JD = lin.jv(self.fU) + self._apply(V, lam * ph0, e0)
@@ -194,13 +198,17 @@ class ExpGNStepper:
         c = sw.c
         M, D = c.M, c.D
         pre0, pre1 = sw.pre(y), sw.pre(y1)
-        ev = (~S & ((pre0 > 0) != (pre1 > 0))).any(axis=1) | S.any(axis=1)
+        w1 = y1[M:].reshape(M, D)
+        tiny = 1e-10 * xp.sqrt((w1 * w1).sum(axis=1))[:, None] * xp.sqrt(xp.diagonal(c.XX))
+        ev = (~S & (((pre0 > 0) != (pre1 > 0)) | (xp.abs(pre1) <= tiny))).any(axis=1)
+        lin1 = self.linearize(y1, S)
+        if S.any():
+            lo = sw.lo
+            ev |= (S & ((lin1.theta < lo - 1e-12) | (lin1.theta > 1.0 + 1e-12))).any(axis=1)
         rows = xp.nonzero(ev)[0]
         if rows.size == 0:
             return None, S, 0
         e0, r0 = self._jd
-        sw.set_sliding(xp.zeros_like(S))
-        lin1 = self.linearize(y1)
         e1 = lin1.e
         r1 = -(lin1.gram() @ e1) / self.n             # de/dt at y1
         self.aux_work += 0.5 + self.linearize.gram_cost
@@ -255,6 +263,8 @@ class ExpGNStepper:
             keep, S_new, nev = None, None, 0
             if self.sw is not None and self.be.all_finite(y1):
                 keep, S_new, nev = self._events(self.y, h, y1, self.S)
+                if S_new.any():
+                    self.sw.project(y1, S_new)      # sliding neurons back onto their surfaces
             err = self._norm(self.y, y1, err_vec, keep) if self.be.all_finite(y1) else math.nan
             if math.isfinite(err) and err <= 1.0:
                 fac = self.max_factor if err == 0.0 else (

@@ -1,0 +1,265 @@
+"""Structure-aware integrators: Gauss-Newton structure, exponential steps, sliding ReLU flows.
+
+Every check is against something independent: finite differences, quadrature of the
+phi-functions, closed-form flows (a balanced scalar network; a single ReLU neuron whose
+kink slides along a data point), the exact solution of a linear flow, and gradient
+descent extrapolated to a vanishing learning rate.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.integrate import quad
+
+import flowsolve as fs
+from flowsolve.solvers.exponential import ExpGNStepper, phi_functions
+
+
+def _problem(m=30, gamma=1.0, gamma_prime=0.2, act="relu", data=None, asi=True, seed=1):
+    data = data if data is not None else fs.datasets.smooth(5, d=2)
+    sc = fs.Scaling.from_gammas(gamma, gamma_prime, m)
+    return fs.Problem(fs.TwoLayer(m, sc, activation=act, asi=asi), data, seed=seed)
+
+
+def _custom(prob, y0):
+    """The same problem started from ``y0``."""
+    prob.y0_host = np.asarray(y0, dtype=float)
+    prob.y0 = prob.backend.asarray(prob.y0_host, prob.dtype)
+    return prob
+
+
+# -- Gauss-Newton structure ------------------------------------------------------------
+@pytest.mark.parametrize("act", ["relu", "tanh", "linear"])
+def test_jacobian_against_finite_differences(act):
+    prob = _problem(act=act)
+    lin_fn = prob.model.make_jacobian(np, prob.data, np.float64)
+    y = prob.y0 + 0.01 * np.random.default_rng(0).standard_normal(prob.size)
+    lin = lin_fn(y)
+    J = lin.dense()
+    eps = 1e-6
+    Jfd = np.empty_like(J)
+    for k in range(y.size):
+        d = np.zeros_like(y)
+        d[k] = eps
+        Jfd[:, k] = (lin_fn(y + d).e - lin_fn(y - d).e) / (2 * eps)
+    assert np.abs(J - Jfd).max() < 1e-7 * max(1.0, np.abs(J).max())
+    # the flow is -C J^T e / n, the loss |e|^2 / 2n
+    n = prob.data.n
+    C = lin_fn.mobility
+    np.testing.assert_allclose(prob.rhs(0, y), -C * (J.T @ lin.e) / n, atol=1e-14, rtol=1e-12)
+    assert lin.loss == pytest.approx(prob.loss(y), rel=1e-13)
+    rng = np.random.default_rng(3)
+    v, u = rng.standard_normal(y.size), rng.standard_normal(n)
+    np.testing.assert_allclose(lin.jv(v), J @ v, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(lin.cjt(u), C * (J.T @ u), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(lin.gram(), J @ (C[:, None] * J.T), rtol=1e-12, atol=1e-13)
+
+
+def test_phi_functions_against_quadrature():
+    z = np.array([-1e-8, -0.3, -0.49, -0.51, -2.0, -40.0, 0.0])
+    ph = phi_functions(z, 3)
+    np.testing.assert_allclose(ph[0], np.exp(z))
+    for k in (1, 2, 3):
+        ref = [quad(lambda s: math.exp((1 - s) * zz) * s ** (k - 1) / math.factorial(k - 1),
+                    0, 1, epsabs=1e-15, epsrel=1e-13)[0] for zz in z]
+        np.testing.assert_allclose(ph[k], ref, rtol=1e-11)
+
+
+class _FrozenLinear:
+    """A flow that is linear in the parameters: e(y) = e0 + J0 (y - y0), J0 frozen."""
+
+    def __init__(self, prob):
+        self.n = prob.data.n
+        lin0 = prob.model.make_jacobian(np, prob.data, np.float64)(prob.y0)
+        self.J, self.e0, self.y0 = lin0.dense(), lin0.e.copy(), prob.y0.copy()
+        self.C = prob.model.make_jacobian(np, prob.data, np.float64).mobility
+        self.gram_cost = 0.5
+
+    def __call__(self, y):
+        outer = self
+
+        class L:
+            e = outer.e0 + outer.J @ (y - outer.y0)
+            loss = float(e @ e) / (2 * outer.n)
+
+            def jv(self, v):
+                return outer.J @ v
+
+            def cjt(self, u, out=None):
+                return outer.C * (outer.J.T @ u)
+
+            def gram(self):
+                return outer.J @ (outer.C[:, None] * outer.J.T)
+        return L()
+
+    def rhs(self, y, out):
+        lin = self(y)
+        out[:] = -lin.cjt(lin.e) / self.n
+        return lin.loss
+
+
+def test_exponential_step_is_exact_on_the_linearised_flow():
+    """The linearised (NTK) flow has the closed form
+    y(t) = y0 - C J0^T (t/n) phi1(-t K/n) e0; ETD2RK-GN reproduces it in one step."""
+    prob = _problem(m=40, gamma=0.5, gamma_prime=0.0)
+    lin = _FrozenLinear(prob)
+    n, T = prob.data.n, 300.0
+    K = lin.J @ (lin.C[:, None] * lin.J.T)
+    lam, V = np.linalg.eigh(K / n)
+    ph1 = phi_functions(-T * np.maximum(lam, 0), 1)[1]
+    exact = prob.y0 - lin.C * (lin.J.T @ (V @ (T * ph1 * (V.T @ lin.e0)))) / n
+    # independent check of the closed form: a tight explicit RK solve of the linear ODE
+    from scipy.integrate import solve_ivp
+    ref = solve_ivp(lambda t, y: -lin.C * (lin.J.T @ (lin.e0 + lin.J @ (y - lin.y0))) / n,
+                    (0, T), prob.y0, method="LSODA", rtol=1e-11, atol=1e-13).y[:, -1]
+    assert np.abs(exact - ref).max() < 1e-8
+    st = ExpGNStepper(lin, lin.rhs, prob.backend, prob.y0, rtol=1e-10, atol=1e-12, dt=T)
+    st.step(T)
+    assert st.t == T and st.steps == 1
+    assert np.abs(st.y - exact).max() < 1e-11 * max(1.0, np.abs(exact).max())
+
+
+def test_balanced_scalar_network_closed_form():
+    """One neuron, linear activation, one data point at x = 0: with a balanced start
+    (kappa' a = b) q = kappa a b obeys the logistic law dq/dt = -2 kappa q (q - y)."""
+    data = fs.Dataset(np.array([[0.0]]), np.array([0.8]))
+    sc = fs.Scaling(alpha=2.0, beta1=1.0, beta2=0.5, width=1)   # kappa = 1/4, kappa' = 2
+    prob = fs.Problem(fs.TwoLayer(1, sc, activation="linear"), data)
+    kap, kp = sc.kappa, sc.kappa_prime
+    a0 = 0.7
+    _custom(prob, [a0, 0.3, kp * a0])
+    y, q0 = 0.8, kap * a0 * kp * a0
+    T = 12.0
+    q = y / (1 + (y / q0 - 1) * math.exp(-2 * kap * y * T))
+    a_T = math.sqrt(q / (kap * kp))
+    for method, tol in (("expgn2", 1e-9), ("dopri5", 1e-10)):
+        sol = fs.solve(prob, method, rtol=tol, atol=tol, t_end=T, progress=False)
+        assert sol.status.ok
+        a, w = sol.params()["a"], sol.params()["w"]
+        assert abs(a[0] - a_T) < 1e-6, method
+        assert abs(w[0, 1] - kp * a_T) < 1e-6 and abs(w[0, 0] - 0.3) < 1e-12
+
+
+# -- sliding ReLU neurons ----------------------------------------------------------------
+def _sliding_neuron(b0=0.0):
+    """One ReLU neuron, data x = 0 (target -1/2) and x = 1 (target 0.3), kappa = kappa' = 1.
+
+    With b = 0 the kink sits on x = 0; e_1 = 1/2 there and the equivalent control
+    theta = -e_2 / e_1 lies in [0, 1] while f(1) <= 0.3: the neuron slides, and
+    q = a w (= f(1)) follows dq/dt = -q (q - 0.3) (balanced start a = w).
+    """
+    data = fs.Dataset(np.array([[0.0], [1.0]]), np.array([-0.5, 0.3]))
+    sc = fs.Scaling(alpha=1.0, beta1=1.0, beta2=1.0, width=1)
+    prob = fs.Problem(fs.TwoLayer(1, sc, activation="relu"), data)
+    a0 = math.sqrt(0.05)
+    return _custom(prob, [a0, a0, b0])
+
+
+def _q_exact(t, q0=0.05, y=0.3):
+    return y / (1 + (y / q0 - 1) * math.exp(-y * t))
+
+
+@pytest.mark.parametrize("method, tol, bound", [("sliding", 1e-9, 1e-6), ("expgn2", 1e-6, 1e-5)])
+def test_single_neuron_slides_along_a_data_point(method, tol, bound):
+    prob = _sliding_neuron()
+    T = 20.0
+    sol = fs.solve(prob, method, rtol=tol, atol=tol, t_end=T, progress=False)
+    assert sol.status.ok
+    a, w = sol.params()["a"][0], sol.params()["w"][0]
+    a_T = math.sqrt(_q_exact(T))
+    assert abs(w[1]) < 1e-10                       # stayed on the surface b = 0
+    assert abs(a - a_T) < bound and abs(w[0] - a_T) < bound
+    assert sol.stats.extra["sliding_pairs"] == 1
+    # the conservation law holds through the sliding motion
+    assert abs(prob.model.conserved(sol.y_final)[0]
+               - prob.model.conserved(prob.y0_host)[0]) < 1e-8
+
+
+def test_plain_rk_chatters_where_sliding_does_not():
+    prob = _sliding_neuron()
+    slide = fs.solve(prob, "sliding", rtol=1e-7, atol=1e-7, t_end=20.0, progress=False)
+    plain = fs.solve(prob, "dopri5", rtol=1e-7, atol=1e-7, t_end=20.0, progress=False,
+                     max_steps=5000)
+    assert slide.status.ok
+    assert not plain.status.ok or slide.stats.nfev + slide.stats.njev < 0.2 * plain.stats.nfev
+
+
+def test_neuron_reaching_the_surface_then_sliding_matches_gd_limit():
+    """Started off the surface, the neuron hits b = 0 and slides; the solution is the
+    limit of gradient descent as the learning rate goes to 0 (Richardson, first order)."""
+    prob = _sliding_neuron(b0=0.05)
+    T = 15.0
+    sol = fs.solve(prob, "sliding", rtol=1e-10, atol=1e-10, t_end=T, progress=False)
+    assert abs(sol.y_final[2]) < 1e-10
+    errs, extrap = [], []
+    prev = None
+    for N in (2000, 4000, 8000):
+        gd = fs.solve(prob, "gd", dt=T / N, t_end=T, progress=False, save_at=[0.0])
+        y = gd.y_final
+        errs.append(np.abs(y - sol.y_final).max())
+        if prev is not None:
+            extrap.append(np.abs(2 * y - prev - sol.y_final).max())
+        prev = y
+    assert errs[0] > 1.6 * errs[1] > 1.6 ** 2 * errs[2]      # first order in the rate
+    assert extrap[-1] < 0.1 * errs[-1]                        # the limit is the sliding flow
+
+
+def test_condensed_problem_matches_gd_richardson_limit():
+    """A small condensed problem (gamma = 1.75, m = 20, four points) through its
+    kinks: the sliding solution is the lr -> 0 limit of GD (Richardson over 3 rates)."""
+    m = 20
+    prob = fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(1.75, 0.0, m), asi=True),
+                      fs.datasets.four_points(), seed=3)
+    T = 4000.0
+    sol = fs.solve(prob, "sliding", rtol=1e-10, atol=1e-10, t_end=T, progress=False)
+    assert sol.status.ok and sol.stats.extra["event_neurons"] > 0
+    ys = {}
+    for N in (4000, 8000, 16000):
+        ys[N] = fs.solve(prob, "gd", dt=T / N, t_end=T, progress=False,
+                         save_at=[0.0]).y_final
+    err_gd = np.abs(ys[16000] - sol.y_final).max()
+    rich = 2 * ys[16000] - ys[8000]
+    rich_prev = 2 * ys[8000] - ys[4000]
+    err_r = np.abs(rich - sol.y_final).max()
+    assert err_r < 0.25 * err_gd
+    assert err_r < np.abs(rich_prev - sol.y_final).max()
+
+
+def test_linearised_flow_at_large_width():
+    """NTK scaling: the distance of the flow's residual from the linearised flow's
+    closed form exp(-t K0/n) e0 shrinks with the width (~ m^-1/2)."""
+    data = fs.datasets.four_points()
+    gaps = []
+    for m in (400, 6400):
+        prob = fs.Problem(fs.TwoLayer(m, fs.Scaling.scheme("ntk", m), asi=True), data, seed=0)
+        lin = prob.model.make_jacobian(np, data, np.float64)
+        l0 = lin(prob.y0)
+        lam, V = np.linalg.eigh(l0.gram() / data.n)
+        T = 20.0
+        e_lin = V @ (np.exp(-T * np.maximum(lam, 0)) * (V.T @ l0.e))
+        sol = fs.solve(prob, "auto", rtol=1e-8, atol=1e-8, t_end=T, progress=False)
+        gaps.append(np.abs(lin(sol.y_final).e - e_lin).max() / np.abs(l0.e).max())
+    assert gaps[1] < gaps[0] / 2.5 and gaps[1] < 0.05
+
+
+# -- auto and bookkeeping ---------------------------------------------------------------
+def test_auto_records_its_choice_and_work():
+    lin_prob = fs.Problem(fs.TwoLayer(50, fs.Scaling.from_gammas(0.5, 0, 50), asi=True),
+                          fs.datasets.four_points())
+    sol = fs.solve(lin_prob, "auto", rtol=1e-6, atol=1e-6, stop_at_loss=1e-3, progress=False)
+    assert sol.status.ok and sol.stats.method in ("expgn2", "sliding")
+    ds = sol.to_xarray()
+    assert ds.attrs["solver"] == "auto" and ds.attrs["stats_method"] == sol.stats.method
+    cond = fs.Problem(fs.TwoLayer(50, fs.Scaling.from_gammas(2.0, 0, 50), asi=True),
+                      fs.datasets.four_points())
+    assert fs.solvers.auto.choose(cond)[0] == "sliding"
+    tanh = _problem(act="tanh")
+    assert fs.solvers.auto.choose(tanh)[0] == "expgn2"
+    sol = fs.solve(lin_prob, "expgn2", rtol=1e-6, atol=1e-6, t_end=10.0, progress=False)
+    assert sol.stats.njev > 0 and sol.stats.extra["factorizations"] >= sol.stats.steps
+
+
+def test_sliding_rejects_smooth_activations():
+    with pytest.raises(fs.ConfigError, match="tanh"):
+        fs.solve(_problem(act="tanh"), "sliding", t_end=1.0, progress=False)
