@@ -173,7 +173,7 @@ def test_single_neuron_slides_along_a_data_point(method, tol, bound):
     assert sol.stats.extra["sliding_pairs"] == 1
     # the conservation law holds through the sliding motion
     assert abs(prob.model.conserved(sol.y_final)[0]
-               - prob.model.conserved(prob.y0_host)[0]) < 1e-8
+               - prob.model.conserved(prob.y0_host)[0]) < bound
 
 
 def test_plain_rk_chatters_where_sliding_does_not():
@@ -187,7 +187,9 @@ def test_plain_rk_chatters_where_sliding_does_not():
 
 def test_neuron_reaching_the_surface_then_sliding_matches_gd_limit():
     """Started off the surface, the neuron hits b = 0 and slides; the solution is the
-    limit of gradient descent as the learning rate goes to 0 (Richardson, first order)."""
+    limit of gradient descent as the learning rate goes to 0 (Richardson, first order).
+    GD zig-zags across the surface (b = O(lr), not monotone in lr): the extrapolation
+    is of the motion along it, (a, w)."""
     prob = _sliding_neuron(b0=0.05)
     T = 15.0
     sol = fs.solve(prob, "sliding", rtol=1e-10, atol=1e-10, t_end=T, progress=False)
@@ -197,9 +199,10 @@ def test_neuron_reaching_the_surface_then_sliding_matches_gd_limit():
     for N in (2000, 4000, 8000):
         gd = fs.solve(prob, "gd", dt=T / N, t_end=T, progress=False, save_at=[0.0])
         y = gd.y_final
-        errs.append(np.abs(y - sol.y_final).max())
+        errs.append(np.abs(y - sol.y_final)[:2].max())
         if prev is not None:
-            extrap.append(np.abs(2 * y - prev - sol.y_final).max())
+            extrap.append(np.abs(2 * y - prev - sol.y_final)[:2].max())
+        assert abs(y[2]) < 20 * T / N                        # chattering, amplitude ~ lr
         prev = y
     assert errs[0] > 1.6 * errs[1] > 1.6 ** 2 * errs[2]      # first order in the rate
     assert extrap[-1] < 0.1 * errs[-1]                        # the limit is the sliding flow
