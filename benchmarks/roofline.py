@@ -17,7 +17,7 @@ Backends are timed side by side (interleaved rounds, best of) because the machin
 shared. Example::
 
     .venv/bin/python benchmarks/roofline.py --quick
-    .venv/bin/python benchmarks/roofline.py --widths 1e3 1e4 1e5 1e6 --shapes 4x1 4x64 64x1 64x64
+    .venv/bin/python benchmarks/roofline.py --threads 1     # as in docs/benchmarks.md
 """
 
 from __future__ import annotations
