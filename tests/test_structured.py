@@ -61,8 +61,8 @@ def test_phi_functions_against_quadrature():
     ph = phi_functions(z, 3)
     np.testing.assert_allclose(ph[0], np.exp(z))
     for k in (1, 2, 3):
-        ref = [quad(lambda s: math.exp((1 - s) * zz) * s ** (k - 1) / math.factorial(k - 1),
-                    0, 1, epsabs=1e-15, epsrel=1e-13)[0] for zz in z]
+        ref = [quad(lambda s, zz=zz, k=k: math.exp((1 - s) * zz) * s ** (k - 1)
+                    / math.factorial(k - 1), 0, 1, epsabs=1e-15, epsrel=1e-13)[0] for zz in z]
         np.testing.assert_allclose(ph[k], ref, rtol=1e-11)
 
 

@@ -22,7 +22,7 @@ products ``J v``, ``C J^T u`` costs about half an RHS; the Gram matrix costs
 
 from __future__ import annotations
 
-__all__ = ["Linearization", "make_linearize", "Switching", "controls"]
+__all__ = ["Linearization", "Switching", "controls", "make_linearize"]
 
 
 class _Consts:
@@ -243,6 +243,7 @@ class Switching:
         if self.n_sliding:
             h[self.S] = 0.0
         e = c.cf * (a @ h) - c.Y
+        self.last_e = e
         xp.multiply(h @ e, -c.ca / c.n, out=out[:M])
         g = self._gprime(pre)
         self.last_theta = self.controls(y, pre, e, g)
@@ -274,6 +275,20 @@ class Switching:
             X = c.Xt[i]                                             # (r, D)
             w[rows] -= ((w[rows] * X).sum(axis=1) / (X * X).sum(axis=1))[:, None] * X
         return y
+
+    def significant(self, pairs, y, e, h, rtol, atol):
+        """Neurons (bool (M,)) with a crossing pair in ``pairs`` (bool (M, n)) whose kink
+        matters at the tolerance: the jump of the neuron's velocity at the crossing,
+        ``(c_w/n) |a_k e_i| |x~_i|``, times ``h``, above a tenth of the error scale
+        ``atol + rtol |w_k|``. Smaller kinks are left to the base step's error estimate."""
+        c = self.c
+        xp = c.xp
+        M, D = c.M, c.D
+        jump = (c.cw / c.n) * xp.abs(y[:M])[:, None] * xp.abs(e)[None, :] \
+            * xp.sqrt(xp.diagonal(c.XX))[None, :]
+        wmax = xp.abs(y[M:].reshape(M, D)).max(axis=1)
+        scale = atol + rtol * wmax
+        return (pairs & (h * jump > 0.1 * scale[:, None])).any(axis=1)
 
     def residual_rate(self, y, f):
         """Residual ``e`` (n,) at ``y`` and its rate ``de/dt`` (n,) along ``f = dy/dt``."""

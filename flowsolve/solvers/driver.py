@@ -10,9 +10,9 @@ import numpy as np
 
 from .._validate import positive_float, positive_int
 from ..errors import ConfigError
+from .auto import STRUCTURED, build_structured
 from .rk import RKStepper, StepFailure, secant_crossing
 from .scipy_ivp import SCIPY_METHODS, ScipyStepper
-from .auto import STRUCTURED, build_structured
 from .solution import Solution
 from .status import Stats, Status
 from .tableaus import ADAPTIVE, get_tableau

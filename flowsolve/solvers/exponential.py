@@ -119,7 +119,7 @@ class ExpGNStepper:
 
     @property
     def njev(self) -> int:
-        return int(math.ceil(self.njev_f + self.aux_work))
+        return math.ceil(self.njev_f + self.aux_work)
 
     @property
     def extra_stats(self) -> dict:
@@ -200,8 +200,9 @@ class ExpGNStepper:
         pre0, pre1 = sw.pre(y), sw.pre(y1)
         w1 = y1[M:].reshape(M, D)
         tiny = 1e-10 * xp.sqrt((w1 * w1).sum(axis=1))[:, None] * xp.sqrt(xp.diagonal(c.XX))
-        ev = (~S & (((pre0 > 0) != (pre1 > 0)) | (xp.abs(pre1) <= tiny))).any(axis=1)
         lin1 = self.linearize(y1, S)
+        ev = sw.significant(~S & ((pre0 > 0) != (pre1 > 0)), y1, lin1.e, h, self.rtol, self.atol)
+        ev |= (~S & (xp.abs(pre1) <= tiny)).any(axis=1)
         if S.any():
             lo = sw.lo
             ev |= (S & ((lin1.theta < lo - 1e-12) | (lin1.theta > 1.0 + 1e-12))).any(axis=1)

@@ -90,7 +90,7 @@ class SlidingStepper(RKStepper):
 
     @property
     def njev(self) -> int:
-        return int(math.ceil(self.aux_work))
+        return math.ceil(self.aux_work)
 
     @property
     def extra_stats(self) -> dict:
@@ -109,7 +109,7 @@ class SlidingStepper(RKStepper):
         pre0, pre1 = sw.pre(y), sw.pre(y_out)
         S0 = self.S_start
         cross = ~S0 & ((pre0 > 0) != (pre1 > 0))
-        ev = cross.any(axis=1)
+        ev = sw.significant(cross, y_out, sw.last_e, h, self.rtol, self.atol)
         if S0.any():
             th = sw.last_theta             # at y_out: the last stage (FSAL) is there
             lo = sw.lo
