@@ -9,7 +9,7 @@ theory, zero crossings gamma*(gamma'), and the figures in docs/img/.
     .venv/bin/python examples/l21_phase_diagram.py --full       # [L21]'s grid and widths
 
 The reduced grid (default) keeps gamma' in {-0.4, -0.2, 0, 0.2, 0.4}, gamma in
-{0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.6} and widths 500..8000 (one seed): [L21]'s widths
+{0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.6} and widths 250..2000 (one seed): [L21]'s widths
 1000..40000 on its 9 x 11 grid take hours on 2 cores.
 """
 
@@ -25,7 +25,7 @@ import flowsolve.analysis as fa
 import flowsolve.plotting as fp
 
 REDUCED = dict(gamma=[0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.6],
-               gamma_prime=[-0.4, -0.2, 0.0, 0.2, 0.4], widths=[500, 1000, 2000, 4000, 8000],
+               gamma_prime=[-0.4, -0.2, 0.0, 0.2, 0.4], widths=[250, 500, 1000, 2000],
                seeds=[0])
 FULL = dict(gamma=[0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.4, 1.5],
             gamma_prime=[round(-0.4 + 0.1 * i, 1) for i in range(9)],

@@ -173,7 +173,7 @@ def rd_vs_width(ds, exps=None, quantity: str = "rd_w_final", *, select=None, alo
     ax.set_yscale("log")
     ax.set_xlabel("width m")
     ax.set_ylabel(quantity)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_title(title or "relative change vs width")
     return _finish(fig, path)
 
