@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 
-import flowsolve as fs
 import flowsolve.analysis as fa
 
 SOLVER = {"method": "dopri5", "rtol": 1e-4, "atol": 1e-7, "error_norm": "displacement",

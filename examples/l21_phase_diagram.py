@@ -24,12 +24,12 @@ import flowsolve as fs
 import flowsolve.analysis as fa
 import flowsolve.plotting as fp
 
-REDUCED = dict(gamma=[0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.6],
-               gamma_prime=[-0.4, -0.2, 0.0, 0.2, 0.4], widths=[250, 500, 1000, 2000],
-               seeds=[0])
-FULL = dict(gamma=[0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.4, 1.5],
-            gamma_prime=[round(-0.4 + 0.1 * i, 1) for i in range(9)],
-            widths=[1000, 5000, 10000, 20000, 40000], seeds=[0])
+REDUCED = {"gamma": [0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.4, 1.6],
+               "gamma_prime": [-0.4, -0.2, 0.0, 0.2, 0.4], "widths": [250, 500, 1000, 2000],
+               "seeds": [0]}
+FULL = {"gamma": [0.6, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.4, 1.5],
+            "gamma_prime": [round(-0.4 + 0.1 * i, 1) for i in range(9)],
+            "widths": [1000, 5000, 10000, 20000, 40000], "seeds": [0]}
 #: rtol 1e-4 on the displacement: RD* within 0.01% of rtol 1e-6 runs at 10-50x less work
 #: (ReLU kinks make the cost of tight tolerances grow like 1/tol; docs/gallery.md)
 SOLVER = {"method": "dopri5", "rtol": 1e-4, "atol": 1e-7, "error_norm": "displacement",

@@ -13,8 +13,16 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["phase_diagram", "rd_vs_width", "loss_curves", "orientation_scatter",
-           "cosine_map", "layer_phase_diagrams", "condensation_dynamics", "savefig"]
+__all__ = [
+    "condensation_dynamics",
+    "cosine_map",
+    "layer_phase_diagrams",
+    "loss_curves",
+    "orientation_scatter",
+    "phase_diagram",
+    "rd_vs_width",
+    "savefig",
+]
 
 
 def _plt():

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["crossings_1d", "zero_crossings", "theory_gamma_star"]
+__all__ = ["crossings_1d", "theory_gamma_star", "zero_crossings"]
 
 
 def theory_gamma_star(gamma_prime):

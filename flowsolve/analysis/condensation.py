@@ -25,9 +25,20 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["first_copy", "orientation_amplitude", "unit_rows", "cosine_matrix", "leading_order",
-           "active_mask", "count_clusters", "clusters_over_time", "z_direction",
-           "condensation_degree", "initial_condensation", "growth_rate"]
+__all__ = [
+    "active_mask",
+    "clusters_over_time",
+    "condensation_degree",
+    "cosine_matrix",
+    "count_clusters",
+    "first_copy",
+    "growth_rate",
+    "initial_condensation",
+    "leading_order",
+    "orientation_amplitude",
+    "unit_rows",
+    "z_direction",
+]
 
 
 def first_copy(run, n: int | None = None) -> int:
@@ -92,7 +103,7 @@ def leading_order(C) -> np.ndarray:
         raise ConfigError(f"C must be a square matrix, got shape {C.shape}")
     if C.shape[0] < 2:
         return np.arange(C.shape[0])
-    vals, vecs = np.linalg.eigh(0.5 * (C + C.T))
+    _vals, vecs = np.linalg.eigh(0.5 * (C + C.T))
     v1, v2 = vecs[:, -1], vecs[:, -2]
     if v1.sum() < 0:
         v1 = -v1

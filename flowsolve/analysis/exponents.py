@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["fit_power_law", "scaling_exponents", "rd_quantities", "ok_mask", "seed_mean"]
+__all__ = ["fit_power_law", "ok_mask", "rd_quantities", "scaling_exponents", "seed_mean"]
 
 #: what each output variable of :func:`scaling_exponents` means
 _LONG_NAMES = {

@@ -19,9 +19,20 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["LINEAR", "CRITICAL", "CONDENSED", "UNDETERMINED", "REGIME_NAMES", "uncertainty",
-           "label_slopes", "theory_regime", "classify", "four_regimes", "FOUR_REGIME_NAMES",
-           "regime_name"]
+__all__ = [
+    "CONDENSED",
+    "CRITICAL",
+    "FOUR_REGIME_NAMES",
+    "LINEAR",
+    "REGIME_NAMES",
+    "UNDETERMINED",
+    "classify",
+    "four_regimes",
+    "label_slopes",
+    "regime_name",
+    "theory_regime",
+    "uncertainty",
+]
 
 LINEAR, CRITICAL, CONDENSED, UNDETERMINED = -1, 0, 1, -2
 REGIME_NAMES = {LINEAR: "linear", CRITICAL: "critical", CONDENSED: "condensed",

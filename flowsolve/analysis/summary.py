@@ -7,7 +7,7 @@ import numpy as np
 from .boundary import zero_crossings
 from .regimes import REGIME_NAMES, classify
 
-__all__ = ["L21_SLOPES", "slope_table", "crossing_table", "grid_table", "summarize"]
+__all__ = ["L21_SLOPES", "crossing_table", "grid_table", "slope_table", "summarize"]
 
 #: [L21]'s fitted S_w at gamma' = 0 (THEORY.md section 3)
 L21_SLOPES = {0.5: -0.506, 1.0: 0.007, 1.75: 0.372}
