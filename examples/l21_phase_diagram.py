@@ -55,12 +55,14 @@ def main(argv=None):
     p.add_argument("--out", default="out/l21_phase")
     p.add_argument("--img", default="docs/img")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-run", action="store_true", help="only analyse the existing --out")
     a = p.parse_args(argv)
     grid = FULL if a.full else REDUCED
     t0 = time.perf_counter()
-    rep = fs.run_sweep(spec_for(grid), a.out, workers=a.workers, progress=printer)
-    print(f"sweep: {rep.ran} runs computed, {rep.skipped} reused, {len(rep.failed)} failed, "
-          f"{rep.wall_time:.0f} s")
+    if not a.no_run:
+        rep = fs.run_sweep(spec_for(grid), a.out, workers=a.workers, progress=printer)
+        print(f"sweep: {rep.ran} runs computed, {rep.skipped} reused, {len(rep.failed)} "
+              f"failed, {rep.wall_time:.0f} s")
     ds = fs.open_sweep(a.out)
     cpu = float(np.nansum(ds["wall_time"].values))
     exps = fa.scaling_exponents(ds)
