@@ -385,11 +385,13 @@ def plot(results, path):
             series.setdefault(f"{r['tool']} {r['method']} ({r['backend']})", []).append(
                 (r["wall"], max(r["rd_err"], 1e-16)))
         for label, pts in sorted(series.items()):
-            if label not in styles:
-                styles[label] = markers[len(styles) % len(markers)]
+            if label not in styles:        # one marker and colour per series, all panels
+                k = len(styles)
+                styles[label] = (markers[k % len(markers)], plt.get_cmap("tab20")(k % 20))
             pts.sort()
             x, y = zip(*pts)
-            ax.loglog(x, y, marker=styles[label], label=label, lw=1, ms=4)
+            ax.loglog(x, y, marker=styles[label][0], color=styles[label][1], label=label,
+                      lw=1, ms=4)
         ax.axhline(1e-3, color="grey", lw=0.8, ls="--")
         ax.set_title(f"m = {res['m']:g}, gamma = {res['gamma']}")
         ax.set_xlabel("wall time (s)")
