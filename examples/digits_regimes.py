@@ -3,7 +3,7 @@
 [L21] used the first 45 MNIST images (784-dim, scalar label 0-9, full batch). flowsolve
 downloads nothing at run time, so this uses scikit-learn's bundled 8x8 digits (64-dim,
 unit-norm images, scalar label 0-9) with gamma' = 0 through flowsolve.run_sweep. On this
-2-core machine the default is n = 20 images, widths 100..800, and training until the loss
+2-core machine the default is n = 20 images, widths 50..400, and training until the loss
 1/(2n) sum e^2 is 1e-2 (about 1e-3 of its initial value): with n = 45 the smallest kernel
 eigenvalue makes the linear-regime runs ~10^5 steps long (--n 45 to run [L21]'s size).
 
@@ -20,8 +20,8 @@ import flowsolve as fs
 import flowsolve.analysis as fa
 import flowsolve.plotting as fp
 
-GAMMAS = [0.5, 1.0, 1.25, 1.75]
-WIDTHS = [100, 200, 400, 800]
+GAMMAS = [0.5, 1.0, 1.75]
+WIDTHS = [50, 100, 200, 400]
 SOLVER = {"method": "dopri5", "rtol": 1e-4, "atol": 1e-7, "error_norm": "displacement",
           "stop_at_loss": 1e-2, "t_end": 1e13, "max_steps": 400000}
 
@@ -35,11 +35,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=20, help="number of digits images")
     p.add_argument("--out", default="out/digits_regimes")
+    p.add_argument("--widths", type=int, nargs="+", default=WIDTHS)
     p.add_argument("--img", default="docs/img")
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args(argv)
     spec = fs.SweepSpec(model="two_layer", data="digits", data_options={"n": a.n},
-                        grid={"gamma": GAMMAS, "gamma_prime": [0.0]}, widths=WIDTHS,
+                        grid={"gamma": GAMMAS, "gamma_prime": [0.0]}, widths=a.widths,
                         seeds=[0], solver=dict(SOLVER), save={"params": False})
     rep = fs.run_sweep(spec, a.out, workers=a.workers, progress=printer)
     print(f"sweep: {rep.ran} computed, {rep.skipped} reused, {len(rep.failed)} failed, "
