@@ -267,3 +267,19 @@ def test_orientation_amplitude_from_run(four_points):
     assert oa["orientation_init"].shape == (50,)
     p = sol.params("initial")
     np.testing.assert_allclose(oa["orientation_init"], np.arctan2(p["w"][:50, 1], p["w"][:50, 0]))
+
+
+def test_bisection_on_real_flows():
+    """The in-process evaluator on real (small) ReLU runs: S < 0 at gamma = 0.5, S > 0 at
+    1.75 (gamma' = 0), and gamma* found between them; each point's S is the fit of the
+    Dataset the evaluator kept."""
+    ev = fa.solve_evaluator([16, 32, 64], solver={"rtol": 1e-4, "atol": 1e-7,
+                                                  "error_norm": "displacement"})
+    res = fa.bisect_boundary(ev, [0.0], lo=0.5, hi=1.75, tol=0.4)
+    assert bool(res.bracketed[0])
+    assert 0.5 < float(res.gamma_star[0]) < 1.75
+    hist = res.attrs["history_slope"]
+    assert hist[0] < 0 < hist[1]
+    again = fa.scaling_exponents(ev.datasets[0], "rd_w_final", n_boot=0,
+                                 require_success=False)
+    assert float(again.slope[0]) == pytest.approx(hist[0])
