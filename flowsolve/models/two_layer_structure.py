@@ -219,8 +219,9 @@ class Switching:
         return y[c.M:].reshape(c.M, c.D) @ c.XtT
 
     def _gprime(self, pre):
-        xp = self.c.xp
-        return xp.where(pre > 0, 1.0, self.lo).astype(pre.dtype)
+        if self.lo == 0.0:
+            return (pre > 0).astype(pre.dtype)
+        return self.c.xp.where(pre > 0, 1.0, self.lo).astype(pre.dtype)
 
     def controls(self, y, pre, e, g):
         """Equivalent controls of the sliding pairs at ``y``; writes them into ``g``
@@ -284,20 +285,26 @@ class Switching:
         c = self.c
         xp = c.xp
         M, D = c.M, c.D
-        jump = (c.cw / c.n) * xp.abs(y[:M])[:, None] * xp.abs(e)[None, :] \
+        out = xp.zeros(M, dtype=bool)
+        rows = xp.nonzero(pairs.any(axis=1))[0]
+        if rows.size == 0:
+            return out
+        jump = (c.cw / c.n) * xp.abs(y[:M][rows])[:, None] * xp.abs(e)[None, :] \
             * xp.sqrt(xp.diagonal(c.XX))[None, :]
-        wmax = xp.abs(y[M:].reshape(M, D)).max(axis=1)
+        wmax = xp.abs(y[M:].reshape(M, D)[rows]).max(axis=1)
         scale = atol + rtol * wmax
-        return (pairs & (h * jump > 0.1 * scale[:, None])).any(axis=1)
+        out[rows] = (pairs[rows] & (h * jump > 0.1 * scale[:, None])).any(axis=1)
+        return out
 
     def residual_rate(self, y, f):
         """Residual ``e`` (n,) at ``y`` and its rate ``de/dt`` (n,) along ``f = dy/dt``."""
         c = self.c
+        xp = c.xp
         M, D = c.M, c.D
         a = y[:M]
         pre = self.pre(y)
         g = self._gprime(pre)
-        h = g * pre
+        h = xp.maximum(pre, 0.0) if self.lo == 0.0 else g * pre
         if self.n_sliding:
             h[self.S] = 0.0
             g[self.S] = 0.0              # sliding pairs: pre stays 0, d(sigma)/dt = 0
