@@ -116,6 +116,7 @@ def bench_one(data_name, m, gamma, args):
     T, y_ref = ref.t_final, ref.y_final
     auto_name = fs.solvers.auto.choose(prob)[0]
     rows = {"data": data_name, "m": m, "gamma": gamma, "T": T, "ref_status": str(ref.status),
+            "ref_scale": float(np.abs(y_ref).max()),
             "ref_nfev": ref.stats.nfev + ref.stats.njev, "ref_wall": ref_wall,
             "auto": auto_name, "methods": {}}
     tols = [10.0 ** -k for k in range(3, 10)]
@@ -185,7 +186,8 @@ def main(argv=None):
                 print(f"{data_name} m={m} gamma={g}", flush=True)
                 all_rows.append(bench_one(data_name, m, g, args))
                 print(f"  T*={all_rows[-1]['T']:.6g} ref work {all_rows[-1]['ref_nfev']} "
-                      f"({all_rows[-1]['ref_wall']:.1f}s)", flush=True)
+                      f"({all_rows[-1]['ref_wall']:.1f}s), max|y_ref| "
+                      f"{all_rows[-1]['ref_scale']:.3g}", flush=True)
     print(table(all_rows))
     if args.json:
         with open(args.json, "w") as fh:
