@@ -266,3 +266,13 @@ def test_auto_records_its_choice_and_work():
 def test_sliding_rejects_smooth_activations():
     with pytest.raises(fs.ConfigError, match="tanh"):
         fs.solve(_problem(act="tanh"), "sliding", t_end=1.0, progress=False)
+
+
+def test_auto_falls_back_to_explicit_rk_without_gauss_newton_structure():
+    prob = fs.Problem(fs.ThreeLayer(8), fs.datasets.four_points())
+    assert fs.solvers.auto.choose(prob)[0] == "dopri5"
+    sol = fs.solve(prob, "auto", rtol=1e-6, atol=1e-8, t_end=1.0, progress=False)
+    ref = fs.solve(prob, "dopri5", rtol=1e-6, atol=1e-8, t_end=1.0, progress=False)
+    assert sol.stats.method == "dopri5" and np.array_equal(sol.y_final, ref.y_final)
+    with pytest.raises(fs.ConfigError, match="make_jacobian"):
+        fs.solve(prob, "expgn2", t_end=1.0, progress=False)
