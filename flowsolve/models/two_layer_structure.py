@@ -209,9 +209,8 @@ class Switching:
             raise ValueError(f"switching structure needs a ReLU-family activation, got {name!r}")
         from .activations import LEAKY_SLOPE
         self.lo = LEAKY_SLOPE if name == "leaky_relu" else 0.0
-        self.S = xp.zeros((c.M, c.n), dtype=bool)
         self.theta = xp.zeros((c.M, c.n), dtype=dtype)
-        self.n_sliding = 0
+        self.set_sliding(xp.zeros((c.M, c.n), dtype=bool))
 
     def pre(self, y):
         """Pre-activations ``w_k . x~_i`` (M, n) (the sign decides sigma')."""
@@ -241,13 +240,20 @@ class Switching:
         a = y[:M]
         pre = self.pre(y)
         h = xp.maximum(pre, 0.0) if self.lo == 0.0 else xp.where(pre > 0, pre, self.lo * pre)
+        rows, sub = (self._rows, self._sub) if self.n_sliding else (None, None)
         if self.n_sliding:
-            h[self.S] = 0.0
+            hr = h[rows]
+            hr[sub] = 0.0
+            h[rows] = hr
         e = c.cf * (a @ h) - c.Y
         self.last_e = e
         xp.multiply(h @ e, -c.ca / c.n, out=out[:M])
         g = self._gprime(pre)
-        self.last_theta = self.controls(y, pre, e, g)
+        self.last_theta = xp.zeros_like(g)
+        if self.n_sliding:                  # equivalent controls on the few sliding rows
+            gr = g[rows]
+            self.last_theta[rows] = controls(xp, gr, sub, e, c.XX)
+            g[rows] = gr
         g *= e
         xp.multiply(((-c.cw / c.n) * a)[:, None], g @ c.Xt, out=out[M:].reshape(M, D))
         return float(e @ e) / (2.0 * c.n)
@@ -256,6 +262,8 @@ class Switching:
         """Replace the sliding set (bool (M, n))."""
         self.S = S
         self.n_sliding = int(S.sum())
+        self._rows = self.c.xp.nonzero(S.any(axis=1))[0]       # neurons with sliding pairs
+        self._sub = S[self._rows]
 
     def project(self, y, S=None):
         """Put the sliding pairs of ``y`` exactly on their surfaces (in place): each
