@@ -97,3 +97,22 @@ def test_layer_phase_diagrams(tmp_path):
     four = np.asarray(meshes[-1].get_array()).reshape(4, 3)       # (gamma3, gamma2)
     assert set(np.unique(four)) <= {-1, 0, 1, 2, 3}
     assert four[0, 0] == 0 and four[-1, 0] == 3          # low gamma3: both linear; high: both condensed
+
+
+def test_cli_analyze_and_plot(tmp_path, sweep, capsys):
+    from flowsolve.cli import main
+
+    path = tmp_path / "sweep.nc"
+    fs.io.save(sweep, path)
+    out = tmp_path / "exps.nc"
+    assert main(["analyze", str(path), "--n-boot", "20", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "gamma*" in text and "agree with theory" in text
+    exps = fs.io.load(out)
+    np.testing.assert_allclose(exps["slope"].sel(quantity="rd_w_final"),
+                               fa.scaling_exponents(sweep, n_boot=0)["slope"]
+                               .sel(quantity="rd_w_final"))
+    assert main(["plot", str(path), "--out-dir", str(tmp_path / "figs")]) == 0
+    assert {"phase_diagram.png", "rd_vs_width.png", "loss_curves.png"} <= {
+        p.name for p in (tmp_path / "figs").iterdir()}
+    assert main(["analyze", str(tmp_path / "missing.nc")]) == 2
