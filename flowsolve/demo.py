@@ -6,7 +6,7 @@ widths m in {1000, 5000, 10000, 20000, 40000}; every run is integrated until the
 run and the fitted slope S_w per gamma beside [L21]'s; writes one netCDF file per run and
 a figure of RD* vs m.
 
-Part 2 (the analysis demo): a coarse (gamma, gamma') grid at smaller widths, run as a
+Part 2 (the analysis demo): a coarse (gamma, gamma') grid (18 points) at widths 500..4000, run as a
 sweep on the default Dask LocalCluster, then the phase-diagram heat map with the theory's
 boundary and the measured zero crossings.
 
@@ -26,6 +26,7 @@ import sys
 import time
 
 from . import analysis, plotting
+from .io import save
 from .sweep import SweepSpec, open_sweep, run_sweep
 
 SOLVER = {"method": "dopri5", "rtol": 1e-4, "atol": 1e-7, "stop_at_loss": 5e-7,
@@ -74,8 +75,10 @@ def phase_diagram(out, widths, gammas, gamma_primes, workers):
           f"points x {len(widths)} widths ({time.perf_counter() - t0:.1f} s)")
     print(analysis.summarize(exps, "rd_w_final"))
     png = os.path.join(out, "phase_diagram.png")
-    plotting.phase_diagram(exps, "rd_w_final", path=png)
-    print(f"wrote {png} and the sweep store {out}/phase/")
+    plotting.phase_diagram(exps, "rd_w_final", labels=analysis.classify(exps, "rd_w_final"),
+                           path=png)
+    nc = save(exps, os.path.join(out, "phase_exponents.nc"))
+    print(f"wrote {png}, {nc} and the sweep store {out}/phase/")
 
 
 def run(args) -> int:
@@ -85,7 +88,7 @@ def run(args) -> int:
     width_sweep(args.out, widths, args.workers)
     if not args.skip_phase_diagram:
         phase_diagram(args.out, [100, 200, 400] if args.quick else [500, 1000, 2000, 4000],
-                      [0.6, 0.8, 1.0, 1.2, 1.4], [-0.4, 0.0, 0.4], args.workers)
+                      [0.6, 0.8, 1.0, 1.2, 1.4, 1.6], [-0.4, 0.0, 0.4], args.workers)
     print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s")
     return 0
 
