@@ -122,17 +122,6 @@ def execute_run(spec: SweepSpec, run: Run, session: str = ""):
     return ds
 
 
-def _save(ds, path):
-    """:func:`flowsolve.io.save` with a plain thread lock: inside a process that has a
-    Dask distributed client (workers, and the client of ``write_on="client"``) xarray
-    would otherwise take a distributed lock on the scheduler for every write (a round
-    trip each, seconds on a busy machine)."""
-    import dask
-
-    with dask.config.set(scheduler="synchronous"):
-        io.save(ds, path)
-
-
 def _record(run, ds, seconds, cpu=0.0):
     return {"name": run.name, "index": run.index, "status": str(ds.attrs["status"]),
             "message": str(ds.attrs.get("message", "")), "seconds": seconds, "cpu": cpu}
@@ -173,7 +162,7 @@ def _run_batch(spec, runs, out, session, write_on):
         t0, c0 = time.perf_counter(), time.thread_time()
         ds = execute_run(spec, run, session)
         if write_on == "worker":
-            _save(ds, os.path.join(out, run.filename))
+            io.save(ds, os.path.join(out, run.filename))
         rec = _record(run, ds, time.perf_counter() - t0, time.thread_time() - c0)
         if write_on == "client":
             rec["dataset"] = ds
@@ -378,7 +367,7 @@ def _feed(client, spec, todo, out, batch_seconds, write_on, report, bar):
                 records = _record_lost(spec, batch, out, session, exc)
             for run, rec in zip(batch, records):
                 if "dataset" in rec:
-                    _save(rec.pop("dataset"), os.path.join(out, run.filename))
+                    io.save(rec.pop("dataset"), os.path.join(out, run.filename))
                 rate["seconds"] += rec["seconds"]
                 report.run_seconds += rec["seconds"]
                 report.run_cpu += rec["cpu"]
@@ -408,7 +397,7 @@ def _record_lost(spec, batch, out, session, exc):
             continue
         ds = _failure_dataset(spec, f"task lost: {type(exc).__name__}: {exc}")
         ds.attrs.update(_run_attrs(spec, run, session))
-        _save(ds, path)
+        io.save(ds, path)
         records.append(_record(run, ds, 0.0))
     return records
 
