@@ -52,7 +52,8 @@ def finite_array(name: str, value, ndim: int | None = None) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be an array of numbers, got {type(value).__name__}") from None
+        raise ConfigError(
+            f"{name} must be an array of numbers, got {type(value).__name__}") from None
     if ndim is not None and arr.ndim != ndim:
         raise ConfigError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
     bad = ~np.isfinite(arr)

@@ -131,7 +131,7 @@ def _standardise(x: np.ndarray, normalise: str) -> np.ndarray:
     if normalise == "unit":          # each sample scaled to unit Euclidean norm
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         return x / np.where(norms > 0, norms, 1.0)
-    if normalise == "standard":      # each feature to zero mean, unit variance (constant ones kept 0)
+    if normalise == "standard":      # each feature to mean 0, variance 1 (constant ones kept 0)
         sd = x.std(axis=0)
         return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
     return x

@@ -162,7 +162,8 @@ class Scaling:
         if name == "e_et_al":
             if width is None or beta is None:
                 raise ConfigError("scheme 'e_et_al' needs width and beta for its coordinates")
-            g = math.log(1.0 / positive_float("beta", beta)) / math.log(positive_int("width", width))
+            beta = positive_float("beta", beta)
+            g = math.log(1.0 / beta) / math.log(positive_int("width", width))
             return g, g
         return SCHEMES[name][1], SCHEMES[name][2]
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .tableaus import Tableau
 
 __all__ = ["RKStepper", "StepFailure"]
