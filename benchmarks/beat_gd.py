@@ -70,7 +70,7 @@ def gd_points(prob, T, y_ref, max_steps, time_budget):
 
 def gd_cost(pts, target):
     """Steps and wall time GD needs for ``target`` (measured, or extrapolated: '~')."""
-    for dt, N, err, wall in pts:
+    for _, N, err, wall in pts:
         if err <= target:
             return N, wall, ""
     good = [(dt, N, err, wall) for dt, N, err, wall in pts if math.isfinite(err) and err > 0]
