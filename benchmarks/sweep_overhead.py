@@ -42,7 +42,8 @@ import time
 import numpy as np
 
 import flowsolve as fs
-from flowsolve.sweep import WORKER_ENV, _save, execute_run
+from flowsolve.io import save
+from flowsolve.sweep import WORKER_ENV, execute_run
 
 
 def make_spec(n_runs, width, rtol):
@@ -61,14 +62,14 @@ def make_spec(n_runs, width, rtol):
 def plain_loop(spec, out):
     t0, c0 = time.perf_counter(), time.process_time()
     for run in spec.runs():
-        _save(execute_run(spec, run), os.path.join(out, run.filename))
+        save(execute_run(spec, run), os.path.join(out, run.filename))
     return time.perf_counter() - t0, time.process_time() - c0
 
 
 def _warm(spec, tmp):
     """Imports and first-call costs on a worker: one run of the spec, saved."""
     run = spec.runs()[0]
-    _save(execute_run(spec, run), os.path.join(tmp, f"warm-{os.getpid()}.nc"))
+    save(execute_run(spec, run), os.path.join(tmp, f"warm-{os.getpid()}.nc"))
 
 
 def _cpu(client):
