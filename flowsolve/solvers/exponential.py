@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from .rk import StepFailure
+from .rk import StepFailure, pi_factor
 
 __all__ = ["ExpGNStepper", "phi_functions"]
 
@@ -268,11 +268,8 @@ class ExpGNStepper:
                     self.sw.project(y1, S_new)      # sliding neurons back onto their surfaces
             err = self._norm(self.y, y1, err_vec, keep) if self.be.all_finite(y1) else math.nan
             if math.isfinite(err) and err <= 1.0:
-                fac = self.max_factor if err == 0.0 else (
-                    self.safety * err ** (-0.7 / k) * self.err_prev ** (0.4 / k))
-                fac = min(self.max_factor, max(0.2, fac))
-                if rejected_once:
-                    fac = min(fac, 1.0)
+                fac = pi_factor(err, self.err_prev, k, self.safety, 0.2, self.max_factor,
+                                rejected_once)
                 self.err_prev = max(err, 1e-4)
                 if not clipped or h >= self.h:
                     self.h = h * fac

@@ -16,6 +16,20 @@ from .tableaus import Tableau
 __all__ = ["RKStepper", "StepFailure"]
 
 
+def pi_factor(err, err_prev, k, safety=0.9, min_factor=0.2, max_factor=10.0,
+              rejected_once=False):
+    """Step-size factor after an accepted step (Gustafsson's PI controller).
+
+    ``err`` and ``err_prev`` are the scaled error norms of this and the previous accepted
+    step, ``k`` the order of the error estimate plus one: ``safety err^(-0.7/k)
+    err_prev^(0.4/k)``, clipped to ``[min_factor, max_factor]``, and to at most 1 right
+    after a rejection.
+    """
+    fac = max_factor if err == 0.0 else safety * err ** (-0.7 / k) * err_prev ** (0.4 / k)
+    fac = min(max_factor, max(min_factor, fac))
+    return min(fac, 1.0) if rejected_once else fac
+
+
 class StepFailure(Exception):
     """Raised by :meth:`RKStepper.step`; ``kind`` is a :class:`~.status.Status`."""
 
@@ -71,10 +85,7 @@ class RKStepper:
         self.rejected = 0
         self.loss = self._f(self.y, self.K[0])
         self.loss_old = self.loss
-        # PI controller (Gustafsson): exponents from the embedded order
-        k = tableau.error_order + 1
-        self.k_i, self.k_p = 0.7 / k, 0.4 / k
-        self.err_prev = 1.0
+        self.err_prev = 1.0     # PI controller memory (see pi_factor)
         if adaptive:
             self.h = float(dt) if dt is not None else self._initial_step()
         else:
@@ -161,13 +172,8 @@ class RKStepper:
                                                     f"t = {self.t:.6g} overflowed")
                 continue
             if err <= 1.0:
-                if err == 0.0:
-                    fac = self.max_factor
-                else:
-                    fac = self.safety * err ** (-self.k_i) * self.err_prev ** self.k_p
-                fac = min(self.max_factor, max(self.min_factor, fac))
-                if rejected_once:
-                    fac = min(fac, 1.0)
+                fac = pi_factor(err, self.err_prev, self.tab.error_order + 1, self.safety,
+                                self.min_factor, self.max_factor, rejected_once)
                 self.err_prev = max(err, 1e-4)
                 if not clipped or h >= self.h:
                     self.h = h * fac
