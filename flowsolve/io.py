@@ -40,6 +40,9 @@ def save(ds, path) -> str:
             ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)       # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

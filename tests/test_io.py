@@ -51,6 +51,9 @@ def test_netcdf_round_trip_identical(solution, tmp_path):
     back = fs.io.load(path)
     xr.testing.assert_identical(ds, back)
     assert fs.io.validate(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_atomic_write_keeps_previous_file(solution, tmp_path):
