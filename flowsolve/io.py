@@ -17,6 +17,8 @@ from .errors import ConfigError
 __all__ = ["save", "load", "validate", "REQUIRED_VARIABLES"]
 
 REQUIRED_VARIABLES = ("loss",)
+_UMASK = os.umask(0o022)   # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
 REQUIRED_ATTRS = ("flowsolve_version", "model", "status")
 
 
@@ -40,9 +42,7 @@ def save(ds, path) -> str:
             ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)       # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)      # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
