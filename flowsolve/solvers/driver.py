@@ -21,8 +21,7 @@ __all__ = ["solve", "log_grid", "METHODS"]
 
 #: fixed-step methods need ``dt`` (or ``lr`` for gd)
 FIXED_STEP = ("gd", "euler", "rk4")
-METHODS = ADAPTIVE + FIXED_STEP + tuple(f"scipy:{m}" for m in SCIPY_METHODS)
-METHODS = METHODS + STRUCTURED
+METHODS = ADAPTIVE + FIXED_STEP + tuple(f"scipy:{m}" for m in SCIPY_METHODS) + STRUCTURED
 
 
 def log_grid(t_end: float, t_min: float = 1e-3, per_decade: int = 10) -> np.ndarray:
