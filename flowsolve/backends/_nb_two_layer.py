@@ -186,25 +186,20 @@ def kernels(code: int) -> SimpleNamespace:
             f += part[c]
         return f
 
+    serial = njit(cache=True, fastmath=_FM)
+    parallel = njit(cache=True, fastmath=_FM, parallel=True)
+    fwd_serial, fwd_parallel = serial(forward_serial), parallel(forward_parallel)
+
     def rhs_serial(y, out, M, xs, xt, Y, cf, ca_n, cw_n):
         n, _D = xs.shape
-        f = np.zeros(n)
-        _fwd_chunk(y[:M], y[M:], xs, code, f)
-        r = cf * f - Y
+        r = cf * fwd_serial(y, M, xs) - Y
         e = r.astype(y.dtype)
         _bwd_chunk(y[:M], y[M:], xs, xt, e, code, ca_n, cw_n, out[:M], out[M:])
         return np.sum(r * r) / (2.0 * n)
 
     def rhs_parallel(y, out, M, xs, xt, Y, cf, ca_n, cw_n, nchunks):
         n, D = xs.shape
-        part = np.zeros((nchunks, n))
-        for c in prange(nchunks):
-            lo, hi = _bounds(c, nchunks, M)
-            _fwd_chunk(y[lo:hi], y[M + lo * D:M + hi * D], xs, code, part[c])
-        f = np.zeros(n)
-        for c in range(nchunks):
-            f += part[c]
-        r = cf * f - Y
+        r = cf * fwd_parallel(y, M, xs, nchunks) - Y
         e = r.astype(y.dtype)
         for c in prange(nchunks):
             lo, hi = _bounds(c, nchunks, M)
@@ -218,10 +213,8 @@ def kernels(code: int) -> SimpleNamespace:
     def blas_backward(pre, a, e, ca_n, cw_n, out_a):
         _rows_bwd(pre, a, e, ca_n, cw_n, out_a, code)
 
-    serial = njit(cache=True, fastmath=_FM)
-    parallel = njit(cache=True, fastmath=_FM, parallel=True)
     ns = SimpleNamespace(
-        forward_serial=serial(forward_serial), forward_parallel=parallel(forward_parallel),
+        forward_serial=fwd_serial, forward_parallel=fwd_parallel,
         rhs_serial=serial(rhs_serial), rhs_parallel=parallel(rhs_parallel),
         blas_forward=serial(blas_forward), blas_backward=serial(blas_backward))
     _KERNELS[code] = ns
