@@ -34,9 +34,14 @@ def best_time(fn, min_time=0.05, rounds=3):
     return best
 
 
-def side_by_side(fns: dict, min_time=0.05, rounds=5):
+def side_by_side(fns: dict, min_time=0.05, rounds=5, settle=0.25):
     """Best per-call times of several callables, measured interleaved (round-robin), so a
-    noisy shared machine slows them alike."""
+    noisy shared machine slows them alike.
+
+    Before each timed block the callable runs once untimed after ``settle`` seconds of
+    sleep, so the thread pool of the previous callable (OpenBLAS spins up to ~0.1 s after
+    a parallel region) is idle and the timed one's pool is awake, as it is in a solve that
+    calls the same RHS again and again (PERFORMANCE.md pitfall 1)."""
     for fn in fns.values():
         fn()
     reps = {}
@@ -47,6 +52,8 @@ def side_by_side(fns: dict, min_time=0.05, rounds=5):
     best = dict.fromkeys(fns, np.inf)
     for _ in range(rounds):
         for k, fn in fns.items():
+            time.sleep(settle)
+            fn()
             t0 = time.perf_counter()
             for _ in range(reps[k]):
                 fn()

@@ -44,6 +44,7 @@ import numpy as np
 
 # idle OpenMP threads (torch's, numba's) must sleep, not spin, on a shared machine
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")   # as flowsolve.backends.numba_backend
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _peers import Budget, TorchTwoLayer, machine, torch_or_none, torchdiffeq_or_none

@@ -17,7 +17,7 @@ import numpy as np
 import flowsolve.analysis as fa
 
 SOLVER = {"method": "dopri5", "rtol": 1e-4, "atol": 1e-7, "error_norm": "displacement",
-          "stop_at_loss": 5e-7, "t_end": 1e13, "max_steps": 300000}
+          "stop_at_loss": 5e-7, "t_end": 1e13, "max_steps": 300000, "backend": "numba"}
 
 
 def main(argv=None):

@@ -72,6 +72,18 @@ def test_rhs_lockstep_both_paths(act, n, d, dtype):
     model, data = _model(300, act, asi=False), _data(n, d, seed=2)
     for path in ("fused", "blas"):
         _compare(model, data, dtype, NumbaBackend(path=path))
+    _compare(model, data, dtype, NumbaBackend(path="fused", parallel_threshold=1,
+                                              threads=numba.config.NUMBA_NUM_THREADS))
+
+
+@pytest.mark.parametrize("act", ["relu", "softplus"])
+def test_rhs_d1_samples_not_a_multiple_of_four(act):
+    """The d = 1 kernel takes samples four at a time: n = 7 pads one zero sample, which
+    must not leak into the outputs (softplus(0) != 0), serial and parallel."""
+    model, data = _model(700, act), _data(7, 1, seed=4)
+    _compare(model, data, "float64", "numba")
+    _compare(model, data, "float64",
+             NumbaBackend(parallel_threshold=1, threads=numba.config.NUMBA_NUM_THREADS))
 
 
 @pytest.mark.parametrize("act", ["softplus", "x2tanh", "gelu"])
@@ -278,19 +290,25 @@ def test_bad_options():
 
 
 def test_environment_sets_threads_and_wait_policy():
-    """NUMBA_NUM_THREADS is followed; OpenMP threads sleep instead of spinning unless the
-    user chose otherwise (PERFORMANCE.md pitfall 1)."""
+    """NUMBA_NUM_THREADS is followed; OpenMP threads spin briefly then sleep (bounded spin,
+    PERFORMANCE.md pitfall 1) unless the user chose a wait policy or spin count."""
     code = ("import os, flowsolve as fs; b = fs.backends.get_backend('numba'); "
-            "print(b.threads, os.environ['OMP_WAIT_POLICY'])")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+            "print(b.threads, os.environ.get('OMP_WAIT_POLICY'), "
+            "os.environ.get('GOMP_SPINCOUNT'))")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["NUMBA_NUM_THREADS"] = "1"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True).stdout.split()
-    assert out == ["1", "PASSIVE"]
+
+    def run():
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, check=True).stdout.split()
+
+    assert run() == ["1", "PASSIVE", "10000"]
     env["OMP_WAIT_POLICY"] = "ACTIVE"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True).stdout.split()
-    assert out == ["1", "ACTIVE"]
+    assert run() == ["1", "ACTIVE", "None"]
+    del env["OMP_WAIT_POLICY"]
+    env["GOMP_SPINCOUNT"] = "0"
+    assert run() == ["1", "None", "0"]
 
 
 def test_unknown_model_falls_back_with_warning():

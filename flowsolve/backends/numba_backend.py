@@ -16,11 +16,17 @@ Same arrays as the NumPy backend (``xp = numpy``); what changes is who does the 
 - ``combine`` / ``error_norm`` / ``all_finite`` are single fused passes (:mod:`._nb_stages`).
 
 Threads. The thread count is ``threads=`` if given, else Numba's (``NUMBA_NUM_THREADS``).
-Two thread pools must not spin against each other on few cores (PERFORMANCE.md pitfall 1):
-importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` for Numba's OpenMP layer unless the
-user set it (idle OpenMP threads then sleep instead of spinning); the BLAS path runs its
-Numba kernels serially, so only BLAS threads are busy there; and with ``threads=`` the BLAS
-thread count is limited to the same number during the BLAS path's matrix products.
+Two thread pools must not spin against each other on few cores (PERFORMANCE.md pitfall 1),
+but threads that sleep at once pay a wake-up at every parallel region: on this VM a fully
+passive wait (``OMP_WAIT_POLICY=PASSIVE`` alone) made the two-thread RHS at m = 1e5 take
+0.89 ms against 0.18 ms (and 0.30 ms serial), so the parallel kernels were slower than the
+serial ones below m ~ 1e6. Importing this module therefore bounds the spin instead: unless
+the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, it sets ``OMP_WAIT_POLICY=PASSIVE``
+(other OpenMP runtimes sleep) with ``GOMP_SPINCOUNT=10000`` (GNU OpenMP, Numba's: idle
+threads spin ~0.1 ms, enough to bridge the gap between the RHS and the stage kernels, then
+sleep). The BLAS path runs its Numba kernels serially, so only BLAS threads are busy there;
+and with ``threads=`` the BLAS thread count is limited to the same number during the BLAS
+path's matrix products. Measured side by side in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -31,8 +37,11 @@ import warnings
 
 import numpy as np
 
-if "OMP_WAIT_POLICY" not in os.environ:  # before Numba's OpenMP runtime starts
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+#: GNU OpenMP spins before an idle thread sleeps (~0.1 ms here; see the module doc)
+SPINCOUNT = "10000"
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"      # before Numba's OpenMP runtime starts
+    os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
 
 import numba
 
