@@ -295,7 +295,8 @@ def regime(m, gamma, args, torch_on):
             lambda dt=dt: run_flowsolve(prob, "gd", T, B, dt=dt))
         if torch_on:
             tt = TorchTwoLayer(prob_np)
-            add("torch", "gd", "torch", f"dt {dt:.2e}", lambda tt=tt, dt=dt: run_torch_gd(tt, T, B, dt))
+            add("torch", "gd", "torch", f"dt {dt:.2e}",
+                lambda tt=tt, dt=dt: run_torch_gd(tt, T, B, dt))
     return {"m": m, "gamma": gamma, "gamma_prime": gp, "reference": info, "rows": rows,
             "lambda_max": lam}
 
@@ -425,7 +426,8 @@ def main(argv=None):
     ap.add_argument("--rtols", type=float, nargs="*", default=[1e-3, 1e-4, 1e-5, 1e-6])
     ap.add_argument("--methods", nargs="*", default=["dopri5", "tsit5", "dop853", "bs3"])
     ap.add_argument("--scipy", nargs="*", default=["RK45", "DOP853", "LSODA"])
-    ap.add_argument("--gd-rates", type=int, default=4, help="GD steps min(1.9/lambda_max(0), T/50) / 4^k")
+    ap.add_argument("--gd-rates", type=int, default=4,
+                    help="GD steps min(1.9/lambda_max(0), T/50) / 4^k")
     ap.add_argument("--budget", type=float, default=60.0, help="seconds per run")
     ap.add_argument("--ref-budget", type=float, default=300.0, help="seconds per reference")
     ap.add_argument("--ref-rtol", type=float, default=1e-12, help="tightest reference rtol")

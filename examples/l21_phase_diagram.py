@@ -72,7 +72,8 @@ def main(argv=None):
     print()
     print(fa.slope_table(exps, "rd_w_max_final"))
     lab = fa.classify(exps, "rd_w_final")
-    fp.phase_diagram(exps, "rd_w_final", labels=lab, path=os.path.join(a.img, "l21_phase_diagram.png"),
+    fp.phase_diagram(exps, "rd_w_final", labels=lab,
+                     path=os.path.join(a.img, "l21_phase_diagram.png"),
                      title="[L21] Fig. 4 (reduced grid): S of RD* vs m")
     fp.rd_vs_width(ds, exps, "rd_w_final", select={"gamma_prime": 0.0},
                    path=os.path.join(a.img, "l21_rd_vs_m_grid.png"),

@@ -204,7 +204,8 @@ def main(argv=None) -> int:
     summary.attrs.update({
         "title": "Zhou et al. 2022 Figure 4: RD vs width, three-layer ReLU, four points",
         "gamma2": args.gamma2, "method": args.method, "rtol": args.rtol,
-        "error_norm": "displacement", "stop_at_loss": args.stop_at_loss, "asi": int(not args.no_asi),
+        "error_norm": "displacement", "stop_at_loss": args.stop_at_loss,
+        "asi": int(not args.no_asi),
         "dtype": args.dtype, "total_wall_time": total,
         "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "flowsolve_version": fs.__version__, "model": "three_layer", "status": "done",

@@ -76,7 +76,8 @@ class Run:
 
     @property
     def name(self) -> str:
-        """File stem made of the run's parameters, e.g. ``gamma=1.0,gamma_prime=0.0,width=100,seed=0``."""
+        """File stem made of the run's parameters, e.g.
+        ``gamma=1.0,gamma_prime=0.0,width=100,seed=0``."""
         parts = [f"{k}={_fmt(v)}" for k, v in self.coords.items()]
         return ",".join(parts + [f"width={self.width}", f"seed={self.seed}"])
 

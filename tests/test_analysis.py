@@ -191,7 +191,8 @@ def planted(rng, k, per=40, spread=0.02, d=3):
     while True:     # centres at least 0.5 rad apart (clusters of spread ~0.02 rad)
         centers = rng.standard_normal((k, d))
         centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-        if k == 1 or np.arccos(np.clip(centers @ centers.T, -1, 1))[np.triu_indices(k, 1)].min() > 0.5:
+        angles = np.arccos(np.clip(centers @ centers.T, -1, 1))
+        if k == 1 or angles[np.triu_indices(k, 1)].min() > 0.5:
             break
     w = np.repeat(centers, per, axis=0) + spread * rng.standard_normal((k * per, d))
     return w * rng.uniform(0.5, 2.0, (k * per, 1)), np.repeat(np.arange(k), per)

@@ -96,7 +96,8 @@ def test_layer_phase_diagrams(tmp_path):
               and c.get_array() is not None and c.get_array().size == 12]
     four = np.asarray(meshes[-1].get_array()).reshape(4, 3)       # (gamma3, gamma2)
     assert set(np.unique(four)) <= {-1, 0, 1, 2, 3}
-    assert four[0, 0] == 0 and four[-1, 0] == 3          # low gamma3: both linear; high: both condensed
+    # low gamma3: both linear; high: both condensed
+    assert four[0, 0] == 0 and four[-1, 0] == 3
 
 
 def test_cli_analyze_and_plot(tmp_path, sweep, capsys):

@@ -84,8 +84,9 @@ def test_asi_starts_at_zero_and_the_copies_are_independent(four_points):
     q, q2 = model.unpack(y), model.unpack(y2)
     first = one.pack(q["w1"][:5], q["w2"][:4], q["a"][:4])
     first2 = one.pack(q2["w1"][:5], q2["w2"][:4], q2["a"][:4])
-    np.testing.assert_allclose(model.predict(y2, four_points.x) - model.predict(y, four_points.x),
-                               one.predict(first2, four_points.x) - one.predict(first, four_points.x),
+    x = four_points.x
+    np.testing.assert_allclose(model.predict(y2, x) - model.predict(y, x),
+                               one.predict(first2, x) - one.predict(first, x),
                                rtol=1e-12, atol=1e-14)
 
 

@@ -166,7 +166,8 @@ def _errors4(r, G, dtype_like):
 
 @njit(inline="always")
 def _bwd_chunk(a, w, xs, xt, e, code, ca_n, cw_n, out_a, out_w):
-    """This chunk's ``dy/dt``: ``out_a = ca_n sigma(pre) e``, ``out_w = cw_n a sigma'(pre) e xt``."""
+    """This chunk's ``dy/dt``: ``out_a = ca_n sigma(pre) e`` and
+    ``out_w = cw_n a sigma'(pre) e xt``."""
     n, D = xs.shape
     cnt = a.shape[0]
     wT = np.empty((D, _B), dtype=w.dtype)

@@ -37,11 +37,9 @@ import warnings
 
 import numpy as np
 
-#: GNU OpenMP spins before an idle thread sleeps (~0.1 ms here; see the module doc)
-SPINCOUNT = "10000"
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"      # before Numba's OpenMP runtime starts
-    os.environ["GOMP_SPINCOUNT"] = SPINCOUNT
+    os.environ["GOMP_SPINCOUNT"] = "10000"         # spin ~0.1 ms, then sleep (module doc)
 
 import numba
 
