@@ -50,6 +50,45 @@ def printer(rec, done, total):
           flush=True)
 
 
+def adaptive_replay(exps, ds, quantity="rd_w_final", tol=0.1 + 1e-9):
+    """The adaptive boundary mode (bisection in gamma per gamma') replayed on this grid's
+    own runs: an evaluator that looks the slopes up instead of running them, so it shows
+    which points the adaptive mode would have run and what they cost (their summed run
+    time) against the whole grid. Brackets [min gamma, max gamma] halved to ``tol`` land on
+    grid points when the grid's step divides them (0.8 / 2^k here)."""
+    ex = exps.sel(quantity=quantity) if "quantity" in exps.dims else exps
+    gammas = ex["gamma"].values
+    used = set()
+
+    def lookup(points):
+        out = []
+        for g, gp in points:
+            i = int(np.argmin(np.abs(gammas - g)))
+            if abs(gammas[i] - g) > 1e-9:
+                raise ValueError(f"adaptive replay needs gamma = {g:g} on the grid")
+            used.add((float(gammas[i]), float(gp)))
+            out.append(float(ex["slope"].sel(gamma=gammas[i], gamma_prime=gp,
+                                             method="nearest")))
+        return out
+
+    gps = ex["gamma_prime"].values
+    res = fa.bisect_boundary(lookup, gps, lo=float(gammas.min()), hi=float(gammas.max()),
+                             tol=tol)
+    wall = ds["wall_time"]
+    wall = wall.sum([d for d in wall.dims if d not in ("gamma", "gamma_prime")])
+    cost = sum(float(wall.sel(gamma=g, gamma_prime=gp, method="nearest")) for g, gp in used)
+    print(f"adaptive replay (bisection to {tol:g} in gamma): {len(used)} grid points "
+          f"({res.attrs['evaluations']} evaluations) against {gammas.size * gps.size} for the "
+          f"grid; run time {cost:.0f} s against {float(wall.sum()):.0f} s")
+    print(f"{'gamma_prime':>11} {'gamma* (adaptive)':>18} {'+-':>6} {'theory':>7}")
+    theory = fa.theory_gamma_star(gps)
+    for j, gp in enumerate(gps):
+        r = res.sel(gamma_prime=gp)
+        print(f"{gp:11.2f} {float(r['gamma_star']):18.3f} {float(r['gamma_star_err']):6.3f} "
+              f"{float(theory[j]):7.3f}")
+    return res
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true", help="[L21]'s grid and widths (hours)")
@@ -81,6 +120,8 @@ def main(argv=None):
     fp.loss_curves(ds, hue="gamma", select={"gamma_prime": 0.0, "width": grid["widths"][-1]},
                    path=os.path.join(a.img, "l21_loss_curves.png"),
                    title=f"loss, gamma' = 0, m = {grid['widths'][-1]}")
+    if a.full:
+        adaptive_replay(exps, ds)
     print(f"compute: {cpu:.0f} s summed over runs; wall {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -263,6 +263,18 @@ def test_auto_records_its_choice_and_work():
     assert sol.stats.njev > 0 and sol.stats.extra["factorizations"] >= sol.stats.steps
 
 
+def test_auto_is_the_default_method():
+    """``fs.solve(prob)`` without a method runs ``auto`` (issue 7): the same result as
+    asking for it, and the choice named in the stats and the Dataset."""
+    prob = fs.Problem(fs.TwoLayer(40, fs.Scaling.from_gammas(1.75, 0, 40), asi=True),
+                      fs.datasets.four_points())
+    kw = dict(rtol=1e-6, atol=1e-6, t_end=2e3, progress=False)
+    default, auto = fs.solve(prob, **kw), fs.solve(prob, "auto", **kw)
+    assert default.stats.method == "sliding" == auto.stats.method
+    assert np.array_equal(default.y_final, auto.y_final)
+    assert default.to_xarray().attrs["solver"] == "auto"
+
+
 def test_sliding_rejects_smooth_activations():
     with pytest.raises(fs.ConfigError, match="tanh"):
         fs.solve(_problem(act="tanh"), "sliding", t_end=1.0, progress=False)

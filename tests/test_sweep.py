@@ -351,8 +351,9 @@ def test_cli_sweep_and_solve(cluster, tmp_path, capsys):
     ds = fs.open_sweep(tmp_path / "runs")
     assert dict(ds["rd_w_final"].sizes) == {"gamma": 2, "gamma_prime": 1, "width": 1, "seed": 2}
 
-    code = fs.cli.main(["solve", "--gamma", "1.0", "--width", "20", "--seed", "1", "--rtol",
-                        "1e-4", "--atol", "1e-7", "--stop-at-loss", "1e-4", "--t-end", "1e5",
+    code = fs.cli.main(["solve", "--gamma", "1.0", "--width", "20", "--seed", "1",
+                        "--method", "dopri5", "--rtol", "1e-4", "--atol", "1e-7",
+                        "--stop-at-loss", "1e-4", "--t-end", "1e5",
                         "--out", str(tmp_path / "one.nc")])
     assert code == 0
     one = fs.io.load(tmp_path / "one.nc")
@@ -363,7 +364,8 @@ def test_cli_sweep_and_solve(cluster, tmp_path, capsys):
 
     one_toml = tmp_path / "one.toml"        # a single-run config with the sweep keys
     one_toml.write_text('widths = 20\nseeds = 1\n[grid]\ngamma = 1.0\ngamma_prime = 0.0\n'
-                        '[solver]\nrtol = 1e-4\natol = 1e-7\nstop_at_loss = 1e-4\nt_end = 1e5\n')
+                        '[solver]\nmethod = "dopri5"\nrtol = 1e-4\natol = 1e-7\n'
+                        'stop_at_loss = 1e-4\nt_end = 1e5\n')
     assert fs.cli.main(["solve", "--config", str(one_toml), "--out", str(tmp_path / "two.nc"),
                         "--no-params"]) == 0
     two = fs.io.load(tmp_path / "two.nc")

@@ -116,7 +116,7 @@ def _check_method(method):
     return method
 
 
-def solve(problem, method: str = "dopri5", *, backend=None, rtol: float = 1e-6,
+def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
           atol: float = 1e-9, t_end: float | None = None, save_at=None,
           stop_at_loss: float | None = None, max_steps: int = 1_000_000, progress=None,
           dt: float | None = None, lr: float | None = None, first_step: float | None = None,
@@ -127,7 +127,12 @@ def solve(problem, method: str = "dopri5", *, backend=None, rtol: float = 1e-6,
     ----------
     problem : Problem
     method : str
-        Adaptive Runge-Kutta ``"bs3"``, ``"dopri5"``, ``"tsit5"``, ``"dop853"``; fixed-step
+        ``"auto"`` (default): a structure-aware method chosen from the problem and named in
+        ``Solution.stats.method`` (``"sliding"`` for ReLU-family two-layer models,
+        ``"expgn2"`` for smooth ones, ``"dopri5"`` for models without Gauss-Newton
+        structure such as :class:`~flowsolve.ThreeLayer`; :func:`.auto.choose`). Or
+        ``"sliding"``, ``"expgn2"`` by name (docs/nonsmooth.md);
+        adaptive Runge-Kutta ``"bs3"``, ``"dopri5"``, ``"tsit5"``, ``"dop853"``; fixed-step
         ``"gd"`` (explicit Euler = full-batch gradient descent), ``"euler"``, ``"rk4"``;
         or ``"scipy:RK45"``, ``"scipy:DOP853"``, ``"scipy:LSODA"``, ... (SciPy's solve_ivp).
     backend : str, optional
