@@ -60,48 +60,50 @@ def combine_parallel(out, y, K, coef, h, nchunks):
         _combine_range(out, y, K, coef, h, (c * N) // nchunks, ((c + 1) * N) // nchunks)
 
 
+@njit(inline="always")
+def _accumulate(buf, K, coef, b0, b1):
+    """``buf[:b1-b0] = sum_j coef[j] K[j, b0:b1]`` (zero coefficients skipped)."""
+    bs = b1 - b0
+    for i in range(bs):
+        buf[i] = 0.0
+    for j in range(coef.shape[0]):
+        c = coef[j]
+        if c != 0.0:
+            kj = K[j][b0:b1]
+            for i in range(bs):
+                buf[i] += c * kj[i]
+
+
 @njit(cache=True, fastmath=_FM)
 def _errsq_range(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, lo, hi):
-    ne, ne3 = e.shape[0], e3.shape[0]
+    # the scale and the squared ratios in one vectorised loop per block (a separate scale
+    # buffer and Python's max() made this 1.5x slower, measured side by side)
     buf5 = np.empty(_BS)
     buf3 = np.empty(_BS)
-    sc = np.empty(_BS)
     s5 = 0.0
     s3 = 0.0
     for b0 in range(lo, hi, _BS):
         b1 = min(b0 + _BS, hi)
         bs = b1 - b0
-        buf5[:bs] = 0.0
-        for j in range(ne):
-            c = e[j]
-            if c != 0.0:
-                kj = K[j, b0:b1]
-                for i in range(bs):
-                    buf5[i] += c * kj[i]
+        _accumulate(buf5, K, e, b0, b1)
         if has_e3:
-            buf3[:bs] = 0.0
-            for j in range(ne3):
-                c = e3[j]
-                if c != 0.0:
-                    kj = K[j, b0:b1]
-                    for i in range(bs):
-                        buf3[i] += c * kj[i]
+            _accumulate(buf3, K, e3, b0, b1)
         yy = y[b0:b1]
         yn = y_new[b0:b1]
-        if has_ref:
-            rr = ref[b0:b1]
-            for i in range(bs):
-                sc[i] = atol + rtol * max(abs(yy[i] - rr[i]), abs(yn[i] - rr[i]))
-        else:
-            for i in range(bs):
-                sc[i] = atol + rtol * max(abs(yy[i]), abs(yn[i]))
+        rr = ref[b0:b1]
+        a5 = 0.0
+        a3 = 0.0
         for i in range(bs):
-            r = buf5[i] / sc[i]
-            s5 += r * r
-        if has_e3:
-            for i in range(bs):
-                r = buf3[i] / sc[i]
-                s3 += r * r
+            u = abs(yy[i] - rr[i]) if has_ref else abs(yy[i])
+            v = abs(yn[i] - rr[i]) if has_ref else abs(yn[i])
+            inv = 1.0 / (atol + rtol * (u if u > v else v))
+            r5 = buf5[i] * inv
+            a5 += r5 * r5
+            if has_e3:
+                r3 = buf3[i] * inv
+                a3 += r3 * r3
+        s5 += a5
+        s3 += a3
     return s5, s3
 
 
