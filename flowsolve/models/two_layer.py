@@ -214,10 +214,9 @@ class TwoLayer:
         a, a0 = y[:m], y0[:m]
         D = y.shape[0] // M - 1
         w, w0 = y[M:M + m * D], y0[M:M + m * D]
-        da2 = float(xp.sum((a - a0) ** 2))
-        dw2 = float(xp.sum((w - w0) ** 2))
-        a02 = float(xp.sum(a0 * a0))
-        w02 = float(xp.sum(w0 * w0))
+        da, dw = a - a0, w - w0             # one temporary each; the sums as dot products
+        da2, dw2 = float(xp.dot(da, da)), float(xp.dot(dw, dw))
+        a02, w02 = float(xp.dot(a0, a0)), float(xp.dot(w0, w0))
         b1, b2 = self.scaling.beta1**2, self.scaling.beta2**2
         return {
             "rd_w": math.sqrt(dw2 / w02),

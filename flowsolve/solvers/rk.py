@@ -128,11 +128,14 @@ class RKStepper:
         tab, K, be = self.tab, self.K, self.be
         s = tab.stages
         for i in range(1, s):
-            be.combine(self.ytmp, y, h, K, tab.a[i])
-            loss_i = self._f(self.ytmp, K[i])
-        be.combine(y_out, y, h, K, tab.b)
+            # FSAL: the last stage's state is y_out (a[s-1] = b, Tableau.check), so it is
+            # combined there once instead of twice (one state-sized pass less per step)
+            dst = y_out if (tab.fsal and i == s - 1) else self.ytmp
+            be.combine(dst, y, h, K, tab.a[i])
+            loss_i = self._f(dst, K[i])
         if tab.fsal:
             return loss_i, s - 1
+        be.combine(y_out, y, h, K, tab.b)
         return self._f(y_out, K[s]), s
 
     # -- one accepted step -----------------------------------------------------------

@@ -47,6 +47,8 @@ class Tableau:
             raise AssertionError(f"{self.name}: b sums to {sum(self.b)}")
         if abs(sum(self.e)) > tol:
             raise AssertionError(f"{self.name}: e sums to {sum(self.e)}")
+        if self.fsal and (tuple(self.a[-1]) != tuple(self.b[:-1]) or self.b[-1] != 0.0):
+            raise AssertionError(f"{self.name}: FSAL needs the last a row to equal b")
 
 
 def _minus(b, bhat):
