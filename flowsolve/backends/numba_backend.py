@@ -19,8 +19,8 @@ Threads. The thread count is ``threads=`` if given, else Numba's (``NUMBA_NUM_TH
 Two thread pools must not spin against each other on few cores (PERFORMANCE.md pitfall 1),
 but threads that sleep at once pay a wake-up at every parallel region: on this VM a fully
 passive wait (``OMP_WAIT_POLICY=PASSIVE`` alone) made the two-thread RHS at m = 1e5 take
-0.89 ms against 0.18 ms (and 0.30 ms serial), so the parallel kernels were slower than the
-serial ones below m ~ 1e6. Importing this module therefore bounds the spin instead: unless
+0.66 ms against 0.15 ms with a bounded spin (0.25 ms serial; ``benchmarks/threads.py``), so
+the parallel kernels were slower than the serial ones below m ~ 1e6. Importing this module therefore bounds the spin instead: unless
 the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, it sets ``OMP_WAIT_POLICY=PASSIVE``
 (other OpenMP runtimes sleep) with ``GOMP_SPINCOUNT=10000`` (GNU OpenMP, Numba's: idle
 threads spin ~0.1 ms, enough to bridge the gap between the RHS and the stage kernels, then
