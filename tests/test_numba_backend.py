@@ -104,13 +104,17 @@ def test_parallel_kernels_match_serial(dtype):
     assert np.abs(o - o_ref).max() <= TOL[dtype] * np.abs(o_ref).max()
 
 
-def test_blas_path_in_blocks(monkeypatch):
-    """The BLAS path recomputes pre-activations block by block when they do not fit."""
+@pytest.mark.parametrize("n", [64, 4])
+def test_blas_path_in_blocks(monkeypatch, n):
+    """The BLAS path recomputes pre-activations block by block when they do not fit; with
+    n <= SMALL_N its products are Numba row kernels (serial, and prange over rows)."""
     import flowsolve.backends.numba_backend as nbmod
 
-    monkeypatch.setattr(nbmod, "_BLAS_BLOCK", 64 * 300)     # 300 rows of 64 samples
-    model, data = _model(500, "relu"), _data(64, 8)          # M = 1000 neurons, 4 blocks
+    monkeypatch.setattr(nbmod, "_BLAS_BLOCK", n * 300)      # 300 rows of n samples
+    model, data = _model(500, "relu"), _data(n, 8)           # M = 1000 neurons, 4 blocks
     _compare(model, data, "float64", NumbaBackend(path="blas"))
+    _compare(model, data, "float64", NumbaBackend(path="blas", parallel_threshold=1,
+                                                  threads=numba.config.NUMBA_NUM_THREADS))
 
 
 def test_derivative_matches_finite_differences():

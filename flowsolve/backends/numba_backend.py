@@ -7,7 +7,9 @@ Same arrays as the NumPy backend (``xp = numpy``); what changes is who does the 
   neurons and ``prange`` above;
 - two-layer RHS, d >= 2: BLAS for ``W Xs^T`` and ``G Xt`` (blocks of neurons), the
   activation, the output reduction and the error scaling fused in one pass around them
-  (faster than the general-d fused kernel in every case measured);
+  (faster than the general-d fused kernel in every case measured); for n <= ``SMALL_N``
+  samples the two skinny products run as Numba row kernels instead (1.3-1.9x faster than
+  OpenBLAS at m = 1e5, d = 64; a tie at 1e4);
 - three-layer RHS: BLAS for the three m x m products, the elementwise work around them
   fused into four passes (:mod:`._nb_three_layer`);
 - every activation of :mod:`flowsolve.models.activations` has a kernel; a model without a
@@ -20,9 +22,10 @@ Two thread pools must not spin against each other on few cores (PERFORMANCE.md p
 but threads that sleep at once pay a wake-up at every parallel region: on this VM a fully
 passive wait (``OMP_WAIT_POLICY=PASSIVE`` alone) made the two-thread RHS at m = 1e5 take
 0.66 ms against 0.15 ms with a bounded spin (0.25 ms serial; ``benchmarks/threads.py``), so
-the parallel kernels were slower than the serial ones below m ~ 1e6. Importing this module therefore bounds the spin instead: unless
-the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, it sets ``OMP_WAIT_POLICY=PASSIVE``
-(other OpenMP runtimes sleep) with ``GOMP_SPINCOUNT=10000`` (GNU OpenMP, Numba's: idle
+the parallel kernels were slower than the serial ones below m ~ 1e6. Importing this
+module therefore bounds the spin instead: unless the user set ``OMP_WAIT_POLICY`` or
+``GOMP_SPINCOUNT``, it sets ``OMP_WAIT_POLICY=PASSIVE`` (other OpenMP runtimes sleep)
+with ``GOMP_SPINCOUNT=10000`` (GNU OpenMP, Numba's: idle
 threads spin ~0.1 ms, enough to bridge the gap between the RHS and the stage kernels, then
 sleep). The BLAS path runs its Numba kernels serially, so only BLAS threads are busy there;
 and with ``threads=`` the BLAS thread count is limited to the same number during the BLAS
@@ -53,6 +56,8 @@ __all__ = ["NumbaBackend"]
 
 #: elements of a block of pre-activations on the BLAS path (32 MiB in float64)
 _BLAS_BLOCK = 1 << 22
+#: up to this many samples the BLAS path's two products run as Numba row kernels
+SMALL_N = 8
 
 
 class _BlasThreads:
@@ -317,11 +322,25 @@ class _TwoLayerKernels:
         a, W = y[:M], y[M:].reshape(M, D)
         oa, OW = out[:M], out[M:].reshape(M, D)
         f = np.zeros(n)
+        if n <= SMALL_N:                    # skinny products: Numba row kernels, not BLAS
+            nc = self.be._par(M, self.be.parallel_threshold)
+
+            def prod_in(Wb, P):
+                tl.rows_in(Wb, self.xs, P, nc)
+
+            def prod_out(P, Ob):
+                tl.rows_out(P, self.xt, Ob, nc)
+        else:
+            def prod_in(Wb, P):
+                np.matmul(Wb, self.xsT, out=P)
+
+            def prod_out(P, Ob):
+                np.matmul(P, self.xt, out=Ob)
         with self.be.blas_threads():
             for b0 in range(0, M, B):
                 b1 = min(M, b0 + B)
                 P = self._pre[:b1 - b0]
-                np.matmul(W[b0:b1], self.xsT, out=P)
+                prod_in(W[b0:b1], P)
                 self.kern.blas_forward(P, a[b0:b1], f)
             r = self.cf * f - self.Y
             e = r.astype(self.dtype)
@@ -329,7 +348,7 @@ class _TwoLayerKernels:
                 b1 = min(M, b0 + B)
                 P = self._pre[:b1 - b0]
                 if B < M:
-                    np.matmul(W[b0:b1], self.xsT, out=P)
+                    prod_in(W[b0:b1], P)
                 self.kern.blas_backward(P, a[b0:b1], e, self.ca_n, self.cw_n, oa[b0:b1])
-                np.matmul(P, self.xt, out=OW[b0:b1])
+                prod_out(P, OW[b0:b1])
         return float(r @ r) / (2.0 * n)
