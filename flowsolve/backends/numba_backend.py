@@ -28,8 +28,9 @@ module therefore bounds the spin instead: unless the user set ``OMP_WAIT_POLICY`
 with ``GOMP_SPINCOUNT=10000`` (GNU OpenMP, Numba's: idle threads spin ~0.1 ms, enough to
 bridge the gap between the RHS and the stage kernels, then sleep). The BLAS path runs its
 elementwise Numba kernels serially, so only BLAS threads are busy there (for n <=
-``SMALL_N`` it calls no BLAS: its row kernels use Numba's threads); and with ``threads=`` the BLAS thread count is limited to the same number during the BLAS
-path's matrix products. Measured side by side in docs/benchmarks.md.
+``SMALL_N`` it calls no BLAS: its row kernels use Numba's threads); and with ``threads=``
+the BLAS thread count is limited to the same number during the BLAS path's matrix
+products. Measured side by side in docs/benchmarks.md.
 """
 
 from __future__ import annotations
