@@ -112,9 +112,10 @@ def test_blas_path_in_blocks(monkeypatch, n):
 
     monkeypatch.setattr(nbmod, "_BLAS_BLOCK", n * 300)      # 300 rows of n samples
     model, data = _model(500, "relu"), _data(n, 8)           # M = 1000 neurons, 4 blocks
-    _compare(model, data, "float64", NumbaBackend(path="blas"))
-    _compare(model, data, "float64", NumbaBackend(path="blas", parallel_threshold=1,
-                                                  threads=numba.config.NUMBA_NUM_THREADS))
+    for be in (NumbaBackend(path="blas"), NumbaBackend(path="blas", threads=1),
+               NumbaBackend(path="blas", parallel_threshold=1,
+                            threads=numba.config.NUMBA_NUM_THREADS)):
+        _compare(model, data, "float64", be)
 
 
 def test_derivative_matches_finite_differences():

@@ -323,9 +323,10 @@ class _TwoLayerKernels:
         a, W = y[:M], y[M:].reshape(M, D)
         oa, OW = out[:M], out[M:].reshape(M, D)
         f = np.zeros(n)
-        if n <= SMALL_N:                    # skinny products: Numba row kernels, not BLAS
-            nc = self.be._par(M, self.be.parallel_threshold)
-
+        nc = self.be._par(M, self.be.parallel_threshold)
+        if n <= SMALL_N and (nc or self.be.threads == 1):
+            # skinny products as Numba row kernels, when they get as many threads as BLAS
+            # would (serial they lose to two-thread BLAS below m ~ 3e4)
             def prod_in(Wb, P):
                 tl.rows_in(Wb, self.xs, P, nc)
 
