@@ -74,6 +74,7 @@ def test_rhs_lockstep_both_paths(act, n, d, dtype):
         _compare(model, data, dtype, NumbaBackend(path=path))
     _compare(model, data, dtype, NumbaBackend(path="fused", parallel_threshold=1,
                                               threads=numba.config.NUMBA_NUM_THREADS))
+    _compare(model, data, dtype, NumbaBackend(path="blas", threads=1))   # n <= 8: row kernels
 
 
 @pytest.mark.parametrize("act", ["relu", "softplus"])
