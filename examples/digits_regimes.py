@@ -26,11 +26,6 @@ SOLVER = {"method": "dopri5", "rtol": 1e-4, "atol": 1e-7, "error_norm": "displac
           "stop_at_loss": 1e-2, "t_end": 1e13, "max_steps": 400000}
 
 
-def printer(rec, done, total):
-    print(f"[{done}/{total}] {rec['name']}: {rec['status']} ({rec['seconds']:.1f} s)",
-          flush=True)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=20, help="number of digits images")
@@ -42,7 +37,7 @@ def main(argv=None):
     spec = fs.SweepSpec(model="two_layer", data="digits", data_options={"n": a.n},
                         grid={"gamma": GAMMAS, "gamma_prime": [0.0]}, widths=a.widths,
                         seeds=[0], solver=dict(SOLVER), save={"params": False})
-    rep = fs.run_sweep(spec, a.out, workers=a.workers, progress=printer)
+    rep = fs.run_sweep(spec, a.out, workers=a.workers, progress=fs.sweep.print_run)
     print(f"sweep: {rep.ran} computed, {rep.skipped} reused, {len(rep.failed)} failed, "
           f"{rep.wall_time:.0f} s")
     ds = fs.open_sweep(a.out)

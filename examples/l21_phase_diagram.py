@@ -47,11 +47,6 @@ def spec_for(grid):
                         save={"params": False})
 
 
-def printer(rec, done, total):
-    print(f"[{done}/{total}] {rec['name']}: {rec['status']} ({rec['seconds']:.1f} s)",
-          flush=True)
-
-
 def adaptive_replay(exps, ds, quantity="rd_w_final", tol=0.1 + 1e-9):
     """The adaptive boundary mode (bisection in gamma per gamma') replayed on this grid's
     own runs: an evaluator that looks the slopes up instead of running them, so it shows
@@ -102,7 +97,8 @@ def main(argv=None):
     grid = FULL if a.full else REDUCED
     t0 = time.perf_counter()
     if not a.no_run:
-        rep = fs.run_sweep(spec_for(grid), a.out, workers=a.workers, progress=printer)
+        rep = fs.run_sweep(spec_for(grid), a.out, workers=a.workers,
+                           progress=fs.sweep.print_run)
         print(f"sweep: {rep.ran} runs computed, {rep.skipped} reused, {len(rep.failed)} "
               f"failed, {rep.wall_time:.0f} s")
     ds = fs.open_sweep(a.out)

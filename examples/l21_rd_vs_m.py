@@ -18,11 +18,6 @@ SOLVER = {"method": "dopri5", "rtol": 1e-4, "atol": 1e-7, "error_norm": "displac
           "stop_at_loss": 5e-7, "t_end": 1e13, "max_steps": 300000}
 
 
-def printer(rec, done, total):
-    print(f"[{done}/{total}] {rec['name']}: {rec['status']} ({rec['seconds']:.1f} s)",
-          flush=True)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", type=int, nargs="+", default=[250, 500, 1000, 2000])
@@ -35,7 +30,7 @@ def main(argv=None):
                         grid={"gamma": [0.5, 1.0, 1.75], "gamma_prime": [0.0]},
                         widths=a.widths, seeds=list(range(a.seeds)), solver=dict(SOLVER),
                         save={"params": False})
-    rep = fs.run_sweep(spec, a.out, workers=a.workers, progress=printer)
+    rep = fs.run_sweep(spec, a.out, workers=a.workers, progress=fs.sweep.print_run)
     print(f"sweep: {rep.ran} computed, {rep.skipped} reused, {len(rep.failed)} failed, "
           f"{rep.wall_time:.0f} s")
     ds = fs.open_sweep(a.out)

@@ -32,7 +32,8 @@ from ._validate import positive_float, positive_int
 from .errors import ConfigError
 from .sweep_spec import Run, SweepSpec
 
-__all__ = ["MANIFEST", "Run", "SweepReport", "SweepSpec", "open_sweep", "run_sweep"]
+__all__ = ["MANIFEST", "Run", "SweepReport", "SweepSpec", "open_sweep", "print_run",
+           "run_sweep"]
 
 MANIFEST = "sweep.toml"
 #: numeric per-run attributes of the run files copied into :func:`open_sweep`'s Dataset
@@ -400,6 +401,13 @@ def _record_lost(spec, batch, out, session, exc):
         io.save(ds, path)
         records.append(_record(run, ds, 0.0))
     return records
+
+
+def print_run(record, done, total):
+    """A ``progress`` callback for :func:`run_sweep` printing one line per finished run
+    (``[done/total] name: status (seconds s)``), for logs where a tqdm bar does not fit."""
+    print(f"[{done}/{total}] {record['name']}: {record['status']} "
+          f"({record['seconds']:.1f} s)", flush=True)
 
 
 class _Progress:

@@ -381,3 +381,9 @@ def test_cli_sweep_and_solve(cluster, tmp_path, capsys):
         assert len(lines) == 1 and "error" in lines[0], lines
     r = cli("solve", "--gamma", 1.0, "--width", 20, "--lr", 1.0)    # lr without gd
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "lr" in r.stderr
+
+
+def test_print_run_prints_one_line_per_run(capsys):
+    fs.sweep.print_run({"name": "gamma=1.0,width=20,seed=0", "status": "success",
+                        "seconds": 1.234}, 3, 8)
+    assert capsys.readouterr().out == "[3/8] gamma=1.0,width=20,seed=0: success (1.2 s)\n"
