@@ -82,7 +82,8 @@ class Problem:
 
     def relative_changes(self, y) -> dict:
         """Relative changes of the layers from ``y0`` (see ``model.relative_changes``)."""
-        return self.model.relative_changes(self.backend.xp, y, self.y0)
+        return self.model.relative_changes(self.backend.xp, y, self.y0,
+                                           norms=getattr(self.backend, "diff_norms", None))
 
     @property
     def size(self) -> int:

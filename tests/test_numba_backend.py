@@ -203,6 +203,30 @@ def test_combine_in_place_and_all_finite(rng):
                 assert not serial.all_finite(z)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_diff_norms_match_numpy(dtype, rng):
+    from flowsolve.models._norms import diff_norms
+    y0 = rng.standard_normal(30_011).astype(dtype)
+    y = (y0 + 0.01 * rng.standard_normal(y0.shape)).astype(dtype)
+    d_ref, b_ref = diff_norms(np, y, y0)
+    assert d_ref == pytest.approx(float(np.sum((y.astype(float) - y0.astype(float)) ** 2)),
+                                  rel=1e-12)
+    for be in (NumbaBackend(), NumbaBackend(stage_threshold=1)):   # serial, parallel
+        d, b = be.diff_norms(y, y0)
+        assert d == pytest.approx(d_ref, rel=1e-12) and b == pytest.approx(b_ref, rel=1e-12)
+
+
+def test_relative_changes_same_on_both_backends():
+    model, data = _model(50, "relu"), _data(4, 1)
+    ref = fs.Problem(model, data, seed=3, backend="numpy")
+    nb = fs.Problem(model, data, seed=3, backend="numba")
+    y = _perturbed(ref)
+    r1, r2 = ref.relative_changes(y), nb.relative_changes(y)
+    assert r1["rd_w"] > 0.1
+    for k in r1:
+        assert r2[k] == pytest.approx(r1[k], rel=1e-12)
+
+
 # -- whole solves -----------------------------------------------------------------------
 def test_dopri5_trajectory_same_on_both_backends():
     """A smooth flow (tanh; ReLU's kinks make the step sequence chaotic in round-off)."""

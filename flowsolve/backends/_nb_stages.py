@@ -6,6 +6,9 @@
   with ``err = sum_j e_j K[j]`` and ``sc = atol + rtol max(|y - ref|, |y_new - ref|)``;
   the caller turns them into the (DOP853 two-estimate) RMS norm.
 - :func:`nonfinite_*`: whether any entry is NaN or infinite (no temporaries).
+- :func:`diffsq_*`: ``(sum (y - y0)^2, sum y0^2)`` in float64 (the relative changes
+  recorded after every step; NumPy's ``dot`` would wake OpenBLAS's threads, which then
+  spin against Numba's, docs/benchmarks.md).
 
 Each exists serial and parallel (prange over chunks).
 """
@@ -150,3 +153,33 @@ def nonfinite_parallel(a, nchunks):
         if _nonfinite_range(a, (c * N) // nchunks, ((c + 1) * N) // nchunks):
             bad += 1
     return bad > 0
+
+
+@njit(cache=True, fastmath=_FM)
+def _diffsq_range(y, y0, lo, hi):
+    d = 0.0
+    b = 0.0
+    for i in range(lo, hi):
+        u = np.float64(y0[i])
+        v = np.float64(y[i]) - u
+        d += v * v
+        b += u * u
+    return d, b
+
+
+@njit(cache=True)
+def diffsq_serial(y, y0):
+    """``(sum (y - y0)^2, sum y0^2)`` accumulated in float64."""
+    return _diffsq_range(y, y0, 0, y.shape[0])
+
+
+@njit(cache=True, parallel=True)
+def diffsq_parallel(y, y0, nchunks):
+    N = y.shape[0]
+    d = 0.0
+    b = 0.0
+    for c in prange(nchunks):
+        dd, bb = _diffsq_range(y, y0, (c * N) // nchunks, ((c + 1) * N) // nchunks)
+        d += dd
+        b += bb
+    return d, b

@@ -15,7 +15,11 @@ Same arrays as the NumPy backend (``xp = numpy``); what changes is who does the 
 - every activation of :mod:`flowsolve.models.activations` has a kernel; a model without a
   kernel (an unknown model name, or an activation added later) falls back to the model's
   own NumPy code, with a warning saying so;
-- ``combine`` / ``error_norm`` / ``all_finite`` are single fused passes (:mod:`._nb_stages`).
+- ``combine`` / ``error_norm`` / ``all_finite`` / ``diff_norms`` are single fused passes
+  (:mod:`._nb_stages`). Nothing in a d = 1 solve's step loop calls BLAS: an OpenBLAS
+  call with two threads leaves its worker spinning for a while, and on two cores that
+  worker starves Numba's threads (a dopri5 solve at m = 3e4 took 5.3 s instead of 0.28 s
+  while the relative changes used ``numpy.dot``; docs/benchmarks.md).
 
 Threads. The thread count is ``threads=`` if given, else Numba's (``NUMBA_NUM_THREADS``).
 Two thread pools must not spin against each other on few cores (PERFORMANCE.md pitfall 1),
@@ -257,6 +261,12 @@ class NumbaBackend:
         if n5 == 0.0 and n3 == 0.0:
             return 0.0
         return abs(h) * n5 / math.sqrt((n5 + 0.01 * n3) * N)
+
+    def diff_norms(self, y, y0) -> tuple:
+        """``(sum (y - y0)^2, sum y0^2)`` in float64, one pass (the relative changes the
+        solver records after every step; no BLAS, see :mod:`._nb_stages`)."""
+        nc = self._par(y.shape[0], self.stage_threshold)
+        return st.diffsq_parallel(y, y0, nc) if nc else st.diffsq_serial(y, y0)
 
     def all_finite(self, a) -> bool:
         nc = self._par(a.shape[0], self.stage_threshold) if a.ndim == 1 else 0

@@ -34,19 +34,19 @@ middle layer stored as its two blocks), and the second copy starts with the same
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
 from .._validate import positive_int
 from ..errors import ConfigError
 from ..scaling3 import Scaling3
+from ._norms import diff_norms
 from .activations import get_activation
 
 __all__ = ["ThreeLayer"]
 
 LAYERS = ("w1", "w2", "a")
-#: entries per block when relative changes stream through the state
-_BLOCK = 1 << 20
 
 
 class ThreeLayer:
@@ -325,14 +325,15 @@ class ThreeLayer:
         return self._make_forward(np, d, xt.shape[0], np.float64)(y, np.ascontiguousarray(xt.T))
 
     # -- observables -----------------------------------------------------------------
-    def relative_changes(self, xp, y, y0) -> dict:
+    def relative_changes(self, xp, y, y0, norms=None) -> dict:
         """Relative changes of the first copy (all of it without ASI).
 
         ``rd_w1 = |W1 - W1(0)| / |W1(0)|`` (weights and biases, one global norm), ``rd_w2``
         likewise for the middle layer (biases included), ``rd_a`` for the output weights,
-        ``rd_theta`` for all parameters in the original variables. The middle layer is
-        streamed in blocks (no temporary of its size), accumulating in float64.
+        ``rd_theta`` for all parameters in the original variables. ``norms(u, u0) ->
+        (|u - u0|^2, |u0|^2)`` defaults to :func:`._norms.diff_norms` (blocks, float64).
         """
+        norms = norms or partial(diff_norms, xp)
         M1, M2 = self.n_neurons, self.n_neurons2
         d = y.shape[0]
         rest = d - M2 * (self.width + 2)
@@ -345,15 +346,7 @@ class ThreeLayer:
         parts = {"w1": (0, f1), "w2": (n1, f2), "a": (n1 + n2, f3)}
         diff, base = {}, {}
         for name, (lo, length) in parts.items():
-            dd = bb = 0.0
-            for s in range(lo, lo + length, _BLOCK):
-                e = min(s + _BLOCK, lo + length)
-                blk = y[s:e].astype(xp.float64)
-                blk0 = y0[s:e].astype(xp.float64)
-                bb += float(blk0 @ blk0)
-                blk -= blk0
-                dd += float(blk @ blk)
-            diff[name], base[name] = dd, bb
+            diff[name], base[name] = norms(y[lo:lo + length], y0[lo:lo + length])
         sq = {name: b**2 for name, b in zip(LAYERS, self.scaling.betas)}
         num = sum(sq[k] * diff[k] for k in LAYERS)
         den = sum(sq[k] * base[k] for k in LAYERS)

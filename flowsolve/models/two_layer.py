@@ -20,12 +20,14 @@ docs/theory.md derives both.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
 from .._validate import positive_int
 from ..errors import ConfigError
 from ..scaling import Scaling
+from ._norms import diff_norms
 from .activations import get_activation
 
 __all__ = ["TwoLayer"]
@@ -203,20 +205,19 @@ class TwoLayer:
         return cf * (self.activation.sigma(np, s * (p["w"] @ xt.T)).T @ p["a"])
 
     # -- observables -----------------------------------------------------------------
-    def relative_changes(self, xp, y, y0) -> dict:
+    def relative_changes(self, xp, y, y0, norms=None) -> dict:
         """Relative changes of the first copy (all of it without ASI).
 
         ``rd_w = |w - w0| / |w0|`` (input weights and biases, one global norm),
         ``rd_a`` likewise for the output weights, ``rd_theta`` for all parameters in the
-        original (unnormalised) variables ``a = beta1 a^``, ``w = beta2 w^``.
+        original (unnormalised) variables ``a = beta1 a^``, ``w = beta2 w^``. ``norms(u,
+        u0) -> (|u - u0|^2, |u0|^2)`` defaults to :func:`._norms.diff_norms`.
         """
+        norms = norms or partial(diff_norms, xp)
         m, M = self.width, self.n_neurons
-        a, a0 = y[:m], y0[:m]
         D = y.shape[0] // M - 1
-        w, w0 = y[M:M + m * D], y0[M:M + m * D]
-        da, dw = a - a0, w - w0             # one temporary each; the sums as dot products
-        da2, dw2 = float(xp.dot(da, da)), float(xp.dot(dw, dw))
-        a02, w02 = float(xp.dot(a0, a0)), float(xp.dot(w0, w0))
+        da2, a02 = norms(y[:m], y0[:m])
+        dw2, w02 = norms(y[M:M + m * D], y0[M:M + m * D])
         b1, b2 = self.scaling.beta1**2, self.scaling.beta2**2
         return {
             "rd_w": math.sqrt(dw2 / w02),
