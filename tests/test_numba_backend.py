@@ -119,6 +119,28 @@ def test_blas_path_in_blocks(monkeypatch, n):
         _compare(model, data, "float64", be)
 
 
+@pytest.mark.parametrize("store", [True, False])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_threaded_blas_path(monkeypatch, store, dtype, act):
+    """Large m, n > SMALL_N: Numba's threads each run single-threaded BLAS on sub-blocks of
+    rows, keeping every pre-activation (store) or recomputing them in the backward pass;
+    uneven chunks and a ragged last sub-block."""
+    import flowsolve.backends.numba_backend as nbmod
+
+    monkeypatch.setattr(nbmod, "_SUB_BYTES", 16 * 8 * 20)         # 20-row sub-blocks
+    if not store:
+        monkeypatch.setattr(nbmod, "_STORE_BYTES", 0)
+    model, data = _model(501, act), _data(16, 8)                  # M = 1002 neurons
+    be = NumbaBackend(parallel_threshold=1, threads=numba.config.NUMBA_NUM_THREADS)
+    _compare(model, data, dtype, be)
+    k = nbmod._TwoLayerKernels(be, model, data, np.dtype(dtype))
+    y0 = fs.Problem(model, data, backend=be, dtype=dtype).y0
+    k.rhs_blas(y0, np.empty_like(y0))
+    sub = 20 * 8 // np.dtype(dtype).itemsize
+    assert k._pre_all.shape[0] == (k.M if store else be.threads * sub)
+
+
 def test_derivative_matches_finite_differences():
     """Independent of the NumPy backend: dy/dt = -diag(c) grad R by central differences."""
     model, data = _model(6, "tanh", asi=False), _data(4, 2)

@@ -13,6 +13,9 @@ Two kernels families:
 - *BLAS* (larger n d): ``pre = W Xs^T`` and ``G Xt`` by matrix products, with the
   activation, the output reduction and the error scaling fused in one pass around them;
   for n <= 8 the two products are the row kernels ``rows_in`` / ``rows_out`` instead.
+  *Threaded BLAS* (large m): Numba's threads each take a range of neurons and run
+  single-threaded BLAS on sub-blocks small enough to stay in L2 between the product and
+  the elementwise pass (no BLAS thread pool spinning against Numba's).
 
 Every kernel exists serial and parallel (prange over chunks of neurons); callers choose.
 All loops are zero-based over slices (PERFORMANCE.md pitfall 3).
@@ -305,7 +308,12 @@ def kernels(code: int) -> SimpleNamespace:
     ``forward_parallel(y, M, xs, nchunks)`` -> outputs (n,) float64;
     ``rhs_serial(y, out, M, xs, xt, Y, cf, ca_n, cw_n)``,
     ``rhs_parallel(..., nchunks)`` -> loss; ``blas_forward(pre, a, f)`` and
-    ``blas_backward(pre, a, e, ca_n, cw_n, out_a)``.
+    ``blas_backward(pre, a, e, ca_n, cw_n, out_a)``; ``threaded_forward(W, a, xsT, P, SB,
+    store, nchunks)`` -> outputs (n,) and ``threaded_backward(W, a, xsT, xt, P, e, ca_n,
+    cw_n, out_a, out_W, SB, store, nchunks)``: the BLAS path with Numba's threads, each
+    running single-threaded BLAS on sub-blocks of ``SB`` rows (``store``: ``P`` (M, n) keeps
+    the pre-activations between the two; else ``P`` is a (nchunks SB, n) workspace and
+    the backward recomputes them).
     """
     if code in _KERNELS:
         return _KERNELS[code]
@@ -375,12 +383,43 @@ def kernels(code: int) -> SimpleNamespace:
     def blas_forward(pre, a, f):
         _rows_fwd(pre, a, f, code)
 
+    def threaded_forward(W, a, xsT, P, SB, store, nchunks):
+        M, n = W.shape[0], xsT.shape[1]
+        part = np.zeros((nchunks, n))
+        for c in prange(nchunks):
+            lo, hi = _bounds(c, nchunks, M)
+            for s0 in range(lo, hi, SB):
+                s1 = min(s0 + SB, hi)
+                Pb = P[s0:s1] if store else P[c * SB:c * SB + s1 - s0]
+                np.dot(W[s0:s1], xsT, Pb)
+                _rows_fwd(Pb, a[s0:s1], part[c], code)
+        f = np.zeros(n)
+        for c in range(nchunks):
+            f += part[c]
+        return f
+
+    def threaded_backward(W, a, xsT, xt, P, e, ca_n, cw_n, out_a, out_W, SB, store, nchunks):
+        M = W.shape[0]
+        for c in prange(nchunks):
+            lo, hi = _bounds(c, nchunks, M)
+            for s0 in range(lo, hi, SB):
+                s1 = min(s0 + SB, hi)
+                if store:
+                    Pb = P[s0:s1]
+                else:
+                    Pb = P[c * SB:c * SB + s1 - s0]
+                    np.dot(W[s0:s1], xsT, Pb)
+                _rows_bwd(Pb, a[s0:s1], e, ca_n, cw_n, out_a[s0:s1], code)
+                np.dot(Pb, xt, out_W[s0:s1])
+
     def blas_backward(pre, a, e, ca_n, cw_n, out_a):
         _rows_bwd(pre, a, e, ca_n, cw_n, out_a, code)
 
     ns = SimpleNamespace(
         forward_serial=fwd_serial, forward_parallel=fwd_parallel,
         rhs_serial=serial(rhs_serial), rhs_parallel=parallel(rhs_parallel),
-        blas_forward=serial(blas_forward), blas_backward=serial(blas_backward))
+        blas_forward=serial(blas_forward), blas_backward=serial(blas_backward),
+        threaded_forward=parallel(threaded_forward),
+        threaded_backward=parallel(threaded_backward))
     _KERNELS[code] = ns
     return ns
