@@ -132,7 +132,7 @@ def test_threaded_blas_path(monkeypatch, store, dtype, act):
     if not store:
         monkeypatch.setattr(nbmod, "_STORE_BYTES", 0)
     model, data = _model(501, act), _data(16, 8)                  # M = 1002 neurons
-    be = NumbaBackend(parallel_threshold=1, threads=numba.config.NUMBA_NUM_THREADS)
+    be = NumbaBackend(blas_threshold=1, threads=numba.config.NUMBA_NUM_THREADS)
     _compare(model, data, dtype, be)
     k = nbmod._TwoLayerKernels(be, model, data, np.dtype(dtype))
     y0 = fs.Problem(model, data, backend=be, dtype=dtype).y0
@@ -337,6 +337,8 @@ def test_bad_options():
         NumbaBackend(path="gpu")
     with pytest.raises(fs.ConfigError, match="parallel_threshold"):
         NumbaBackend(parallel_threshold=0)
+    with pytest.raises(fs.ConfigError, match="blas_threshold must be a positive integer, got -3"):
+        NumbaBackend(blas_threshold=-3)
     with pytest.raises(fs.ConfigError, match="threads"):
         get_backend("numba", threads=0)
 

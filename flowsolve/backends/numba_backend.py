@@ -117,6 +117,10 @@ class NumbaBackend:
         thread pool costs more than it saves).
     stage_threshold : int
         State length from which the stage kernels run in parallel.
+    blas_threshold : int
+        Pre-activations (neurons x samples) from which the BLAS path (n > 8) runs on
+        Numba's threads with single-threaded BLAS per thread instead of on BLAS's threads
+        (measured break-even ~1.5e5, docs/benchmarks.md).
     path : {"auto", "fused", "blas"}
         Two-layer RHS kernel family: ``auto`` takes the fused kernel for d = 1 (its
         single-sweep case) and BLAS for d >= 2 (measured faster there, docs/benchmarks.md).
@@ -126,7 +130,7 @@ class NumbaBackend:
     xp = np
 
     def __init__(self, threads=None, parallel_threshold=30_000, stage_threshold=100_000,
-                 path="auto"):
+                 path="auto", blas_threshold=150_000):
         limit = numba.config.NUMBA_NUM_THREADS
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) \
@@ -136,13 +140,15 @@ class NumbaBackend:
             threads = int(threads)
         self.user_threads = threads
         for label, v in (("parallel_threshold", parallel_threshold),
-                         ("stage_threshold", stage_threshold)):
+                         ("stage_threshold", stage_threshold),
+                         ("blas_threshold", blas_threshold)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ConfigError(f"{label} must be a positive integer, got {v!r}")
         if path not in ("auto", "fused", "blas"):
             raise ConfigError(f"path must be 'auto', 'fused' or 'blas', got {path!r}")
         self.parallel_threshold = int(parallel_threshold)
         self.stage_threshold = int(stage_threshold)
+        self.blas_threshold = int(blas_threshold)
         self.path = path
         self._coef = {}
 
@@ -339,9 +345,11 @@ class _TwoLayerKernels:
             self._pre = np.empty((B, n), dtype=self.dtype)
         a, W = y[:M], y[M:].reshape(M, D)
         oa, OW = out[:M], out[M:].reshape(M, D)
+        if n > SMALL_N:
+            nt = self.be._par(M * n, self.be.blas_threshold)
+            if nt:
+                return self._rhs_threaded(a, W, oa, OW, nt)
         nc = self.be._par(M, self.be.parallel_threshold)
-        if nc and n > SMALL_N:
-            return self._rhs_threaded(a, W, oa, OW, nc)
         f = np.zeros(n)
         if n <= SMALL_N and (nc or self.be.threads == 1):
             # skinny products as Numba row kernels, when they get as many threads as BLAS
