@@ -37,10 +37,10 @@ import flowsolve as fs
 TARGETS = (1e-4, 1e-6)
 
 
-def make_problem(data_name, m, gamma, gamma_prime=0.0, seed=0):
+def make_problem(data_name, m, gamma, gamma_prime=0.0, seed=0, backend="numpy"):
     data = fs.datasets.four_points() if data_name == "four_points" else fs.datasets.digits(n=256)
     sc = fs.Scaling.from_gammas(gamma, gamma_prime, m)
-    return fs.Problem(fs.TwoLayer(m, sc, asi=True), data, seed=seed)
+    return fs.Problem(fs.TwoLayer(m, sc, asi=True), data, seed=seed, backend=backend)
 
 
 def run(prob, method, T, **kw):
@@ -105,7 +105,7 @@ def first_reaching(pts, target):
 
 
 def bench_one(data_name, m, gamma, args):
-    prob = make_problem(data_name, m, gamma)
+    prob = make_problem(data_name, m, gamma, backend=args.backend)
     t0 = time.perf_counter()
     ref = fs.solve(prob, args.ref_method, rtol=args.ref_tol, atol=args.ref_tol,
                    stop_at_loss=args.loss, save_at=[0.0], progress=False,
@@ -113,7 +113,8 @@ def bench_one(data_name, m, gamma, args):
     ref_wall = time.perf_counter() - t0
     T, y_ref = ref.t_final, ref.y_final
     auto_name = fs.solvers.auto.choose(prob)[0]
-    rows = {"data": data_name, "m": m, "gamma": gamma, "T": T, "ref_status": str(ref.status),
+    rows = {"data": data_name, "m": m, "gamma": gamma, "backend": args.backend, "T": T,
+            "ref_status": str(ref.status),
             "ref_scale": float(np.abs(y_ref).max()),
             "ref_nfev": ref.stats.nfev + ref.stats.njev, "ref_wall": ref_wall,
             "auto": auto_name, "methods": {}}
@@ -162,6 +163,8 @@ def table(all_rows):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", default="numpy", choices=["numpy", "numba"],
+                    help="backend of every run (GD included)")
     ap.add_argument("--data", nargs="+", default=["four_points"],
                     choices=["four_points", "digits"])
     ap.add_argument("--widths", nargs="+", type=int, default=[1000])

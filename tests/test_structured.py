@@ -288,3 +288,67 @@ def test_auto_falls_back_to_explicit_rk_without_gauss_newton_structure():
     assert sol.stats.method == "dopri5" and np.array_equal(sol.y_final, ref.y_final)
     with pytest.raises(fs.ConfigError, match="make_jacobian"):
         fs.solve(prob, "expgn2", t_end=1.0, progress=False)
+
+
+# -- the compiled switching pieces (numba backend) --------------------------------------
+@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+def test_compiled_switching_matches_numpy(d, act):
+    """Switching with the numba backend's kernels (compiled RHS on every neuron, NumPy on
+    the sliding rows; one-pass residual rate and crossings) against the NumPy reference,
+    with sliding pairs on several neurons (one with two pairs)."""
+    pytest.importorskip("numba")
+    from flowsolve.backends.numba_backend import NumbaBackend
+
+    m, n = 40, 6
+    data = fs.datasets.smooth(n, d=d, seed=2)
+    model = fs.TwoLayer(m, fs.Scaling.from_gammas(1.2, 0.1, m), activation=act, asi=False)
+    be = NumbaBackend()
+    ref = model.make_switching(np, data, np.float64)
+    fast = model.make_switching(np, data, np.float64,
+                                kernels=be.switching_kernels(model, data, np.float64))
+    assert fast.kernels is not None and ref.kernels is None
+    rng = np.random.default_rng(5)
+    y = fs.Problem(model, data, seed=4).y0_host + 0.3 * rng.standard_normal(m * (d + 2))
+    S = np.zeros((m, n), dtype=bool)
+    S[[1, 7, 19], [0, 3, 5]] = True
+    if d > 1:
+        S[7, 4] = True                                   # two surfaces on one neuron
+    for sw in (ref, fast):
+        sw.set_sliding(S)
+    y = ref.project(y.copy())
+    o_ref, o_fast = np.empty_like(y), np.empty_like(y)
+    l_ref, l_fast = ref.rhs(y, o_ref), fast.rhs(y, o_fast)
+    assert l_fast == pytest.approx(l_ref, rel=1e-12)
+    np.testing.assert_allclose(o_fast, o_ref, rtol=1e-10, atol=1e-12 * np.abs(o_ref).max())
+    np.testing.assert_allclose(fast.last_e, ref.last_e, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fast.last_theta, ref.last_theta, rtol=1e-9, atol=1e-12)
+    assert np.count_nonzero(ref.last_theta) >= 3
+    for a, b in zip(fast.residual_rate(y, o_ref), ref.residual_rate(y, o_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    y1 = y + 0.2 * rng.standard_normal(y.shape)
+    cross = ref.crossings(y, y1, S)
+    assert cross.any() and not (cross & S).any()
+    np.testing.assert_array_equal(fast.crossings(y, y1, S), cross)
+    np.testing.assert_allclose(fast.pre(y), ref.pre(y), rtol=1e-12, atol=1e-14)
+    for sw in (ref, fast):                               # no sliding pairs: plain flow
+        sw.set_sliding(np.zeros_like(S))
+    l_ref, l_fast = ref.rhs(y, o_ref), fast.rhs(y, o_fast)
+    np.testing.assert_allclose(o_fast, o_ref, rtol=1e-10, atol=1e-12 * np.abs(o_ref).max())
+    assert not fast.last_theta.any()
+
+
+def test_sliding_solve_same_on_numba_and_numpy():
+    """The condensed four-point problem through its events: the sliding method on the
+    numba backend follows the NumPy reference (same steps, same events)."""
+    pytest.importorskip("numba")
+    m = 20
+    model = fs.TwoLayer(m, fs.Scaling.from_gammas(1.75, 0.0, m), asi=True)
+    sols = [fs.solve(fs.Problem(model, fs.datasets.four_points(), seed=3, backend=be),
+                     "sliding", rtol=1e-8, atol=1e-8, t_end=4000.0, progress=False)
+            for be in ("numpy", "numba")]
+    a, b = sols
+    assert a.status.ok and b.status.ok and a.stats.extra["event_neurons"] > 0
+    assert (a.stats.steps, a.stats.extra["event_neurons"]) == \
+        (b.stats.steps, b.stats.extra["event_neurons"])
+    np.testing.assert_allclose(b.y_final, a.y_final, rtol=1e-8, atol=1e-8)

@@ -295,6 +295,71 @@ def rows_out(G, X, out, nchunks):
         _products_out(G, X, out, lo, hi)
 
 
+# -- switching structure (ReLU family): the sliding method's per-step passes -----------
+@njit(inline="always")
+def _rate_range(a, W, fa, FW, X, S, has_S, lo, e, rate, k0, k1):
+    n, D = X.shape
+    for k in range(k0, k1):
+        ak, fk = a[k], fa[k]
+        for i in range(n):
+            if has_S and S[k, i]:
+                continue                     # sliding pair: sigma = 0, d sigma/dt = 0
+            p = 0.0
+            v = 0.0
+            for j in range(D):
+                p += W[k, j] * X[i, j]
+                v += FW[k, j] * X[i, j]
+            g = 1.0 if p > 0 else lo
+            h = g * p
+            e[i] += ak * h
+            rate[i] += fk * h + ak * g * v
+
+
+@njit(cache=True, fastmath=_FM, parallel=True)
+def residual_rate(a, W, fa, FW, X, S, has_S, lo, nchunks):
+    """``(sum_k a_k sigma(p_ki), sum_k fa_k sigma(p_ki) + a_k sigma'(p_ki) FW_k . x_i)``
+    (n,) each, float64, with ``p_ki = W_k . x_i`` (unscaled), ``sigma`` ReLU with slope
+    ``lo`` below 0, and the pairs in ``S`` (if ``has_S``) left out."""
+    M = W.shape[0]
+    n = X.shape[0]
+    k = max(1, nchunks)
+    pe = np.zeros((k, n))
+    pr = np.zeros((k, n))
+    if nchunks <= 1:
+        _rate_range(a, W, fa, FW, X, S, has_S, lo, pe[0], pr[0], 0, M)
+    else:
+        for c in prange(nchunks):
+            lo_k, hi_k = _bounds(c, nchunks, M)
+            _rate_range(a, W, fa, FW, X, S, has_S, lo, pe[c], pr[c], lo_k, hi_k)
+    return pe.sum(axis=0), pr.sum(axis=0)
+
+
+@njit(inline="always")
+def _cross_range(W0, W1, X, S0, out, k0, k1):
+    n, D = X.shape
+    for k in range(k0, k1):
+        for i in range(n):
+            p0 = 0.0
+            p1 = 0.0
+            for j in range(D):
+                p0 += W0[k, j] * X[i, j]
+                p1 += W1[k, j] * X[i, j]
+            out[k, i] = (not S0[k, i]) and ((p0 > 0) != (p1 > 0))
+
+
+@njit(cache=True, fastmath=_FM, parallel=True)
+def crossings(W0, W1, X, S0, out, nchunks):
+    """``out[k, i]``: pair (k, i) not in ``S0`` whose pre-activation ``W . x_i`` changed
+    sign between ``W0`` and ``W1`` (bool (M, n))."""
+    M = W0.shape[0]
+    if nchunks <= 1:
+        _cross_range(W0, W1, X, S0, out, 0, M)
+        return
+    for c in prange(nchunks):
+        lo_k, hi_k = _bounds(c, nchunks, M)
+        _cross_range(W0, W1, X, S0, out, lo_k, hi_k)
+
+
 # -- entry points, specialised per activation ------------------------------------------
 _KERNELS = {}
 
@@ -307,7 +372,8 @@ def kernels(code: int) -> SimpleNamespace:
     Returns a namespace with ``forward_serial(y, M, xs)``,
     ``forward_parallel(y, M, xs, nchunks)`` -> outputs (n,) float64;
     ``rhs_serial(y, out, M, xs, xt, Y, cf, ca_n, cw_n)``,
-    ``rhs_parallel(..., nchunks)`` -> loss; ``blas_forward(pre, a, f)`` and
+    ``rhs_parallel(..., nchunks)`` -> the residual ``r`` (n,) float64 (loss
+    ``r . r / (2 n)``); ``blas_forward(pre, a, f)`` and
     ``blas_backward(pre, a, e, ca_n, cw_n, out_a)``; ``threaded_forward(W, a, xsT, P, SB,
     store, nchunks)`` -> outputs (n,) and ``threaded_backward(W, a, xsT, xt, P, e, ca_n,
     cw_n, out_a, out_W, SB, store, nchunks)``: the BLAS path with Numba's threads, each
@@ -359,7 +425,7 @@ def kernels(code: int) -> SimpleNamespace:
         else:
             _bwd_chunk(y[:M], y[M:], xs, xt, r.astype(y.dtype), code, ca_n, cw_n,
                        out[:M], out[M:])
-        return np.sum(r * r) / (2.0 * n)
+        return r
 
     def rhs_parallel(y, out, M, xs, xt, Y, cf, ca_n, cw_n, nchunks):
         n, D = xs.shape
@@ -378,7 +444,7 @@ def kernels(code: int) -> SimpleNamespace:
             else:
                 _bwd_chunk(y[lo:hi], y[M + lo * D:M + hi * D], xs, xt, e, code, ca_n, cw_n,
                            out[lo:hi], out[M + lo * D:M + hi * D])
-        return np.sum(r * r) / (2.0 * n)
+        return r
 
     def blas_forward(pre, a, f):
         _rows_fwd(pre, a, f, code)

@@ -169,6 +169,13 @@ class NumbaBackend:
             numba.set_num_threads(k)
         return k
 
+    def quiet_blas(self):
+        """Context manager: BLAS on one thread, for NumPy code that runs between this
+        backend's parallel kernels (an OpenBLAS call on two threads leaves its worker
+        spinning against Numba's; the sliding method at m = 3e4 took 4.7 s instead of
+        3.1 s)."""
+        return _BlasThreads(1)
+
     def blas_threads(self):
         """Context manager: BLAS limited to ``threads`` (a no-op unless ``threads=`` was set)."""
         return _BlasThreads(self.user_threads) if self.user_threads is not None else _NoLimit()
@@ -223,6 +230,17 @@ class NumbaBackend:
             return ThreeLayerKernels(self, model, data, dtype,
                                      CODES[model.activation.name]).loss
         return _TwoLayerKernels(self, model, data, dtype).loss
+
+    def switching_kernels(self, model, data, dtype):
+        """Numba pieces for the sliding-mode flow of
+        :class:`~flowsolve.models.two_layer_structure.Switching` (``rhs`` leaving the
+        residual in ``last_r``, and ``pre``), or None where no two-layer kernel applies."""
+        if getattr(model, "name", None) != "two_layer" \
+                or self.kernel_plan(model, data) not in ("fused", "blas"):
+            return None
+        k = _TwoLayerKernels(self, model, data, dtype)
+        k.rhs = k.rhs_blas if self.kernel_plan(model, data) == "blas" else k.rhs_fused
+        return k
 
     @staticmethod
     def _why(model):
@@ -315,16 +333,49 @@ class _TwoLayerKernels:
         self.rows = min(self.M, max(256, _BLAS_BLOCK // n))        # BLAS block of neurons
         self._pre = None
         self._pre_all = None
+        self.last_r = None       # residual (n,) float64 of the last RHS
 
     # -- fused streaming ----------------------------------------------------------------
     def rhs_fused(self, y, out):
-        """Write ``dy/dt`` (P,) into ``out``; return the loss at ``y``."""
+        """Write ``dy/dt`` (P,) into ``out``; return the loss at ``y`` (the residual is
+        left in ``last_r``)."""
         nc = self.be._par(self.M, self.be.parallel_threshold)
         if nc:
-            return self.kern.rhs_parallel(y, out, self.M, self.xs, self.xt, self.Y, self.cf,
-                                          self.ca_n, self.cw_n, nc)
-        return self.kern.rhs_serial(y, out, self.M, self.xs, self.xt, self.Y, self.cf,
-                                    self.ca_n, self.cw_n)
+            r = self.kern.rhs_parallel(y, out, self.M, self.xs, self.xt, self.Y, self.cf,
+                                       self.ca_n, self.cw_n, nc)
+        else:
+            r = self.kern.rhs_serial(y, out, self.M, self.xs, self.xt, self.Y, self.cf,
+                                     self.ca_n, self.cw_n)
+        self.last_r = r
+        return float(np.dot(r, r)) / (2.0 * self.n)
+
+    def residual_rate(self, y, f, S, lo):
+        """Residual ``e`` (n,) at ``y`` and ``de/dt`` along ``f`` for the switching
+        structure (pairs in ``S`` (M, n) bool, or None, held at ``sigma = 0``), one pass
+        (see ``Switching.residual_rate``)."""
+        M, D = self.M, self.D
+        has_S = S is not None
+        Sa = S if has_S else np.zeros((1, 1), dtype=np.bool_)
+        e, rate = tl.residual_rate(y[:M], y[M:].reshape(M, D), f[:M], f[M:].reshape(M, D),
+                                   self.xt, Sa, has_S, float(lo),
+                                   self.be._par(M, self.be.parallel_threshold))
+        return self.cf * e - self.Y, self.cf * rate
+
+    def crossings(self, y0, y1, S0):
+        """Pairs (bool (M, n)) outside ``S0`` whose pre-activation changed sign from
+        ``y0`` to ``y1``, one pass."""
+        M, D = self.M, self.D
+        out = np.empty((M, self.n), dtype=np.bool_)
+        tl.crossings(y0[M:].reshape(M, D), y1[M:].reshape(M, D), self.xt, S0, out,
+                     self.be._par(M, self.be.parallel_threshold))
+        return out
+
+    def pre(self, y) -> np.ndarray:
+        """Unscaled pre-activations ``w_k . x~_i`` (M, n) by the row kernel (no BLAS)."""
+        M, D = self.M, self.D
+        P = np.empty((M, self.n), dtype=self.dtype)
+        tl.rows_in(y[M:].reshape(M, D), self.xt, P, self.be._par(M, self.be.parallel_threshold))
+        return P
 
     def outputs(self, y) -> np.ndarray:
         """``sum_k a_k sigma(s w_k . x~_i)`` (n,) in float64 (``f = cf * outputs``)."""
@@ -372,6 +423,7 @@ class _TwoLayerKernels:
                 prod_in(W[b0:b1], P)
                 self.kern.blas_forward(P, a[b0:b1], f)
             r = self.cf * f - self.Y
+            self.last_r = r
             e = r.astype(self.dtype)
             for b0 in range(0, M, B):
                 b1 = min(M, b0 + B)
@@ -397,6 +449,7 @@ class _TwoLayerKernels:
         with _BlasThreads(1):
             f = self.kern.threaded_forward(W, a, self.xsT, P, sub, store, nc)
             r = self.cf * f - self.Y
+            self.last_r = r
             self.kern.threaded_backward(W, a, self.xsT, self.xt, P, r.astype(self.dtype),
                                         self.ca_n, self.cw_n, oa, OW, sub, store, nc)
         return float(r @ r) / (2.0 * n)

@@ -174,11 +174,12 @@ class TwoLayer:
         from .two_layer_structure import make_linearize
         return make_linearize(self, xp, data, dtype)
 
-    def make_switching(self, xp, data, dtype):
+    def make_switching(self, xp, data, dtype, kernels=None):
         """ReLU switching structure (sliding pairs, equivalent controls); see
-        :class:`flowsolve.models.two_layer_structure.Switching`."""
+        :class:`flowsolve.models.two_layer_structure.Switching` (``kernels``: a backend's
+        compiled RHS and pre-activations)."""
         from .two_layer_structure import Switching
-        return Switching(self, xp, data, dtype)
+        return Switching(self, xp, data, dtype, kernels=kernels)
 
     def make_loss(self, xp, data, dtype):
         """``loss(y) -> float``: the loss ``1/(2n) sum e^2`` alone (one forward pass)."""

@@ -187,6 +187,12 @@ def controls(xp, g, S, e, XX):
     return theta
 
 
+def _rows_with_any(xp, B):
+    """Sorted indices of the rows of the bool matrix ``B`` (M, n) with a True entry (the
+    flat nonzeros: much faster than ``B.any(axis=1)`` over a short axis when B is sparse)."""
+    return xp.unique(xp.flatnonzero(B) // B.shape[1])
+
+
 class Switching:
     """The ReLU flow with sliding pairs held on their switching surfaces.
 
@@ -200,9 +206,16 @@ class Switching:
     model : TwoLayer
         Must use a ReLU-family activation (``sigma'(u) = 1`` for ``u > 0``,
         ``lo`` for ``u < 0``).
+    kernels : object, optional
+        A backend's compiled pieces (``NumbaBackend.switching_kernels``): ``rhs(y, out)
+        -> loss`` of the plain flow leaving the residual in ``last_r``, and ``pre(y)``.
+        With them :meth:`rhs` runs the compiled RHS on every neuron and recomputes only
+        the neurons with sliding pairs here; the result is the same up to rounding (at a
+        sliding pair ``pre`` is 0 to rounding, so its ``sigma`` is too).
     """
 
-    def __init__(self, model, xp, data, dtype):
+    def __init__(self, model, xp, data, dtype, kernels=None):
+        self.kernels = kernels
         c = self.c = _Consts(model, xp, data, dtype)
         name = model.activation.name
         if name not in ("relu", "leaky_relu"):
@@ -210,10 +223,15 @@ class Switching:
         from .activations import LEAKY_SLOPE
         self.lo = LEAKY_SLOPE if name == "leaky_relu" else 0.0
         self.theta = xp.zeros((c.M, c.n), dtype=dtype)
+        self._zero_theta = None          # compiled path: shared all-zero last_theta
+        self._theta_buf = None           # and the reused one with sliding rows
+        self._theta_rows = xp.zeros(0, dtype=xp.intp)
         self.set_sliding(xp.zeros((c.M, c.n), dtype=bool))
 
     def pre(self, y):
         """Pre-activations ``w_k . x~_i`` (M, n) (the sign decides sigma')."""
+        if self.kernels is not None:
+            return self.kernels.pre(y)
         c = self.c
         return y[c.M:].reshape(c.M, c.D) @ c.XtT
 
@@ -232,8 +250,10 @@ class Switching:
     def rhs(self, y, out):
         """The sliding-mode right-hand side; writes ``dy/dt`` into ``out``, returns the loss.
 
-        Also leaves ``self.last_theta`` (M, n) for the release test.
+        Also leaves ``self.last_e`` (n,) and ``self.last_theta`` (M, n) for the release test.
         """
+        if self.kernels is not None:
+            return self._rhs_compiled(y, out)
         c = self.c
         xp = c.xp
         M, D = c.M, c.D
@@ -258,11 +278,43 @@ class Switching:
         xp.multiply(((-c.cw / c.n) * a)[:, None], g @ c.Xt, out=out[M:].reshape(M, D))
         return float(e @ e) / (2.0 * c.n)
 
+    def _rhs_compiled(self, y, out):
+        """:meth:`rhs` with the backend's kernel on every neuron, then the neurons with
+        sliding pairs (usually few) recomputed with their equivalent controls."""
+        c = self.c
+        xp = c.xp
+        M, D = c.M, c.D
+        loss = self.kernels.rhs(y, out)
+        e = xp.asarray(self.kernels.last_r, dtype=c.dtype)
+        self.last_e = e
+        if self._zero_theta is None:
+            self._zero_theta = xp.zeros((M, c.n), dtype=c.dtype)
+        if not self.n_sliding:
+            self.last_theta = self._zero_theta
+            return loss
+        rows, sub = self._rows, self._sub
+        a = y[:M][rows]
+        pre = y[M:].reshape(M, D)[rows] @ c.XtT
+        h = xp.maximum(pre, 0.0) if self.lo == 0.0 else xp.where(pre > 0, pre, self.lo * pre)
+        h[sub] = 0.0
+        out[:M][rows] = (h @ e) * (-c.ca / c.n)
+        g = self._gprime(pre)
+        if self._theta_buf is None:
+            self._theta_buf = xp.zeros_like(self._zero_theta)
+        theta = self._theta_buf                  # zero except on the rows set last time
+        theta[self._theta_rows] = 0.0
+        theta[rows] = controls(xp, g, sub, e, c.XX)
+        self._theta_rows = rows
+        self.last_theta = theta
+        g *= e
+        out[M:].reshape(M, D)[rows] = ((-c.cw / c.n) * a)[:, None] * (g @ c.Xt)
+        return loss
+
     def set_sliding(self, S):
         """Replace the sliding set (bool (M, n))."""
         self.S = S
-        self.n_sliding = int(S.sum())
-        self._rows = self.c.xp.nonzero(S.any(axis=1))[0]       # neurons with sliding pairs
+        self.n_sliding = int(self.c.xp.count_nonzero(S))
+        self._rows = _rows_with_any(self.c.xp, S)              # neurons with sliding pairs
         self._sub = S[self._rows]
 
     def project(self, y, S=None):
@@ -294,7 +346,7 @@ class Switching:
         xp = c.xp
         M, D = c.M, c.D
         out = xp.zeros(M, dtype=bool)
-        rows = xp.nonzero(pairs.any(axis=1))[0]
+        rows = _rows_with_any(xp, pairs)
         if rows.size == 0:
             return out
         jump = (c.cw / c.n) * xp.abs(y[:M][rows])[:, None] * xp.abs(e)[None, :] \
@@ -306,6 +358,9 @@ class Switching:
 
     def residual_rate(self, y, f):
         """Residual ``e`` (n,) at ``y`` and its rate ``de/dt`` (n,) along ``f = dy/dt``."""
+        if self.kernels is not None:
+            return self.kernels.residual_rate(y, f, self.S if self.n_sliding else None,
+                                              self.lo)
         c = self.c
         xp = c.xp
         M, D = c.M, c.D
@@ -319,6 +374,13 @@ class Switching:
         e = c.cf * (a @ h) - c.Y
         vw = f[M:].reshape(M, D) @ c.XtT
         return e, c.cf * (f[:M] @ h + (a[:, None] * g * vw).sum(axis=0))
+
+    def crossings(self, y0, y1, S0):
+        """Pairs (bool (M, n)) outside ``S0`` whose pre-activation changed sign between
+        the states ``y0`` and ``y1`` (the switching events of a step)."""
+        if self.kernels is not None:
+            return self.kernels.crossings(y0, y1, S0)
+        return ~S0 & ((self.pre(y0) > 0) != (self.pre(y1) > 0))
 
     def _neuron_rhs(self, a, w, P, S, e):
         """Velocities of neurons (q,), (q, D) with frozen pattern ``P`` (q, n) and sliding

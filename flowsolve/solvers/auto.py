@@ -45,6 +45,15 @@ def choose(problem) -> tuple[str, str]:
     return "expgn2", "smooth activation: Gauss-Newton exponential steps"
 
 
+def _switching(problem):
+    """The model's switching structure, with the backend's compiled kernels if it has
+    them (``switching_kernels``: the Numba backend)."""
+    be = problem.backend
+    make = getattr(be, "switching_kernels", None)
+    kernels = make(problem.model, problem.data, problem.dtype) if make is not None else None
+    return problem.model.make_switching(be.xp, problem.data, problem.dtype, kernels=kernels)
+
+
 def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=None,
                      status_enum=None):
     """The stepper for one of :data:`STRUCTURED` (``method_name`` says which ran)."""
@@ -61,7 +70,7 @@ def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=
         from .exponential import ExpGNStepper
         sw = None
         if getattr(getattr(model, "activation", None), "name", "") in ("relu", "leaky_relu"):
-            sw = model.make_switching(be.xp, data, problem.dtype)
+            sw = _switching(problem)
         st = ExpGNStepper(model.make_jacobian(be.xp, data, problem.dtype), problem.rhs_into,
                           be, problem.y0, rtol=rtol, atol=atol, dt=first_step,
                           error_ref=error_ref, status_enum=status_enum, switching=sw)
@@ -70,7 +79,7 @@ def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=
             raise ConfigError(f"method 'sliding' needs a model with make_switching, got "
                               f"{type(model).__name__}")
         try:
-            sw = model.make_switching(be.xp, data, problem.dtype)
+            sw = _switching(problem)
         except ValueError as exc:
             raise ConfigError(f"method 'sliding': {exc}") from None
         from .sliding import SlidingStepper

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -224,7 +225,12 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
         mode = "fixed" if fixed else "clip"
 
     rec = _Recorder(problem)
-    with np.errstate(over="ignore", invalid="ignore"):  # blow-ups end with a status instead
+    # the structured methods run NumPy code between the backend's parallel kernels: a
+    # multithreaded BLAS call there leaves OpenBLAS spinning against them (the Numba
+    # backend's ``quiet_blas``; docs/benchmarks.md "Threads")
+    quiet = getattr(problem.backend, "quiet_blas", None)
+    guard = quiet() if (quiet is not None and method in STRUCTURED) else contextlib.nullcontext()
+    with np.errstate(over="ignore", invalid="ignore"), guard:  # blow-ups end with a status
         status, message = _integrate(stepper, mode, rec, save_times, snap_times, t_end,
                                      stop_at_loss, max_steps, progress, method)
     stats = Stats(nfev=stepper.nfev, njev=getattr(stepper, "njev", 0), steps=stepper.steps,

@@ -106,9 +106,8 @@ class SlidingStepper(RKStepper):
         loss_i, row = super().attempt(y, h, y_out)
         c = sw.c
         M, D = c.M, c.D
-        pre0, pre1 = sw.pre(y), sw.pre(y_out)
         S0 = self.S_start
-        cross = ~S0 & ((pre0 > 0) != (pre1 > 0))
+        cross = sw.crossings(y, y_out, S0)
         ev = sw.significant(cross, y_out, sw.last_e, h, self.rtol, self.atol)
         if S0.any():
             th = sw.last_theta             # at y_out: the last stage (FSAL) is there
