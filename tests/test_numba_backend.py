@@ -207,6 +207,17 @@ def test_stage_arithmetic_lockstep(method, dtype, threshold, rng):
             e1 = npb.error_norm(y, y_new, h, K, tab.e, rt, at, tab.e3, r)
             e2 = nbb.error_norm(y, y_new, h, K, tab.e, rt, at, tab.e3, r)
             assert e1 > 0 and abs(e1 - e2) <= 10 * tol * e1
+    # with components left out (the sliding method's event neurons)
+    keep = rng.random(N) > 0.3
+    keep[:100] = False
+    K[:, :100] *= 1e6                          # large errors there must not count
+    e1 = npb.error_norm(y, y_new, h, K, tab.e, 1e-6, 1e-9, tab.e3, None, keep=keep)
+    e2 = nbb.error_norm(y, y_new, h, K, tab.e, 1e-6, 1e-9, tab.e3, None, keep=keep)
+    full = npb.error_norm(y, y_new, h, K, tab.e, 1e-6, 1e-9, tab.e3, None)
+    assert 0 < e1 < 1e-3 * full and abs(e1 - e2) <= 10 * tol * e1
+    none = np.zeros(N, dtype=bool)
+    assert npb.error_norm(y, y_new, h, K, tab.e, 1e-6, 1e-9, keep=none) == 0.0
+    assert nbb.error_norm(y, y_new, h, K, tab.e, 1e-6, 1e-9, keep=none) == 0.0
 
 
 def test_combine_in_place_and_all_finite(rng):

@@ -78,7 +78,8 @@ def _accumulate(buf, K, coef, b0, b1):
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy")
-def _errsq_range(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, lo, hi):
+def _errsq_range(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, lo, hi, keep,
+                 has_keep):
     # the scale and the squared ratios in one vectorised loop per block. error_model
     # "numpy": Python's ZeroDivisionError check on "/" kept this loop scalar (division by a
     # zero scale gives inf, as in the NumPy backend, and the step is rejected)
@@ -95,12 +96,15 @@ def _errsq_range(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, lo, hi):
         yy = y[b0:b1]
         yn = y_new[b0:b1]
         rr = ref[b0:b1]
+        kk = keep[b0:b1] if has_keep else keep[:0]
         a5 = 0.0
         a3 = 0.0
         for i in range(bs):
             u = abs(yy[i] - rr[i]) if has_ref else abs(yy[i])
             v = abs(yn[i] - rr[i]) if has_ref else abs(yn[i])
             inv = 1.0 / (atol + rtol * (u if u > v else v))
+            if has_keep:
+                inv *= 1.0 if kk[i] else 0.0     # left-out components count 0
             r5 = buf5[i] * inv
             a5 += r5 * r5
             if has_e3:
@@ -112,19 +116,22 @@ def _errsq_range(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, lo, hi):
 
 
 @njit(cache=True, error_model="numpy")
-def errsq_serial(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol):
-    """``(sum (err5/sc)^2, sum (err3/sc)^2)`` over the whole state (float64)."""
-    return _errsq_range(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, 0, y.shape[0])
+def errsq_serial(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, keep, has_keep):
+    """``(sum (err5/sc)^2, sum (err3/sc)^2)`` over the whole state (float64), or over the
+    components where ``keep`` (bool) is set when ``has_keep``."""
+    return _errsq_range(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, 0, y.shape[0],
+                        keep, has_keep)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def errsq_parallel(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, nchunks):
+def errsq_parallel(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol, keep, has_keep,
+                   nchunks):
     N = y.shape[0]
     s5 = 0.0
     s3 = 0.0
     for c in prange(nchunks):
         a, b = _errsq_range(y, y_new, ref, has_ref, K, e, e3, has_e3, rtol, atol,
-                            (c * N) // nchunks, ((c + 1) * N) // nchunks)
+                            (c * N) // nchunks, ((c + 1) * N) // nchunks, keep, has_keep)
         s5 += a
         s3 += b
     return s5, s3

@@ -298,21 +298,30 @@ def rows_out(G, X, out, nchunks):
 # -- switching structure (ReLU family): the sliding method's per-step passes -----------
 @njit(inline="always")
 def _rate_range(a, W, fa, FW, X, S, has_S, lo, e, rate, k0, k1):
+    for b0 in range(k0, k1, _B):            # blocks of neurons held in L1 ...
+        _rate_block(a, W, fa, FW, X, S, has_S, lo, e, rate, b0, min(b0 + _B, k1))
+
+
+@njit(inline="always")
+def _rate_block(a, W, fa, FW, X, S, has_S, lo, e, rate, k0, k1):
     n, D = X.shape
-    for k in range(k0, k1):
-        ak, fk = a[k], fa[k]
-        for i in range(n):
-            if has_S and S[k, i]:
-                continue                     # sliding pair: sigma = 0, d sigma/dt = 0
+    for i in range(n):                       # ... sample-outer: scalar accumulators
+        se = 0.0
+        sr = 0.0
+        for k in range(k0, k1):
             p = 0.0
             v = 0.0
             for j in range(D):
                 p += W[k, j] * X[i, j]
                 v += FW[k, j] * X[i, j]
             g = 1.0 if p > 0 else lo
+            if has_S and S[k, i]:
+                g = 0.0                      # sliding pair: sigma = 0, d sigma/dt = 0
             h = g * p
-            e[i] += ak * h
-            rate[i] += fk * h + ak * g * v
+            se += a[k] * h
+            sr += fa[k] * h + a[k] * g * v
+        e[i] += se
+        rate[i] += sr
 
 
 @njit(cache=True, fastmath=_FM, parallel=True)

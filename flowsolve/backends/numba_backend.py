@@ -61,6 +61,7 @@ __all__ = ["NumbaBackend"]
 
 #: elements of a block of pre-activations on the BLAS path (32 MiB in float64)
 _BLAS_BLOCK = 1 << 22
+_NO_MASK = np.ones(1, dtype=np.bool_)     # placeholder when error_norm keeps everything
 #: up to this many samples the BLAS path's two products run as Numba row kernels
 SMALL_N = 8
 #: the threaded BLAS path keeps all pre-activations (M x n) up to this many bytes
@@ -269,23 +270,27 @@ class NumbaBackend:
             st.combine_serial(out, y, K, c, float(h))
         return out
 
-    def error_norm(self, y, y_new, h, K, e, rtol, atol, e3=None, ref=None):
+    def error_norm(self, y, y_new, h, K, e, rtol, atol, e3=None, ref=None, keep=None):
         """Scaled RMS norm of ``h sum_j e_j K[j]`` in one pass (same definition as NumPy's:
         scale ``atol + rtol max(|y - ref|, |y_new - ref|)``; DOP853's two estimates with
-        ``e3``)."""
+        ``e3``; only the components where ``keep`` is set, if given)."""
         ea = self._array(e)
         has_e3 = e3 is not None
         e3a = self._array(e3) if has_e3 else ea
         has_ref = ref is not None
         r = ref if has_ref else y
-        N = y.shape[0]
-        nc = self._par(N, self.stage_threshold)
+        has_keep = keep is not None
+        kp = keep if has_keep else _NO_MASK
+        N = int(np.count_nonzero(keep)) if has_keep else y.shape[0]
+        if N == 0:
+            return 0.0
+        nc = self._par(y.shape[0], self.stage_threshold)
         if nc:
             n5, n3 = st.errsq_parallel(y, y_new, r, has_ref, K, ea, e3a, has_e3,
-                                       float(rtol), float(atol), nc)
+                                       float(rtol), float(atol), kp, has_keep, nc)
         else:
             n5, n3 = st.errsq_serial(y, y_new, r, has_ref, K, ea, e3a, has_e3,
-                                     float(rtol), float(atol))
+                                     float(rtol), float(atol), kp, has_keep)
         if not has_e3:
             return abs(h) * math.sqrt(n5 / N)
         if n5 == 0.0 and n3 == 0.0:

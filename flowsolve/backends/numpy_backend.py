@@ -37,12 +37,13 @@ class NumpyBackend:
         out += y
         return out
 
-    def error_norm(self, y, y_new, h, K, e, rtol, atol, e3=None, ref=None):
+    def error_norm(self, y, y_new, h, K, e, rtol, atol, e3=None, ref=None, keep=None):
         """Scaled RMS norm of the embedded error ``h sum_j e_j K[j]``.
 
         The scale is ``atol + rtol max(|y - ref|, |y_new - ref|)`` (``ref`` = 0 unless the
         error is controlled relative to a displacement). With ``e3`` (DOP853) the two
-        estimates are combined as in Hairer's code.
+        estimates are combined as in Hairer's code. ``keep`` (bool (N,)): the RMS over
+        those components only (0 if there are none).
         """
         if ref is None:
             scale = np.maximum(np.abs(y), np.abs(y_new))
@@ -50,12 +51,18 @@ class NumpyBackend:
             scale = np.maximum(np.abs(y - ref), np.abs(y_new - ref))
         scale *= rtol
         scale += atol
-        N = y.shape[0]
         e = np.asarray(e, dtype=K.dtype)
         err = (e @ K[:len(e)]) / scale
+        if keep is not None:
+            err = err[keep]
+        N = err.shape[0]
+        if N == 0:
+            return 0.0
         if e3 is None:
             return abs(h) * math.sqrt(float(err @ err) / N)
         err3 = (np.asarray(e3, dtype=K.dtype) @ K[:len(e3)]) / scale
+        if keep is not None:
+            err3 = err3[keep]
         n5, n3 = float(err @ err), float(err3 @ err3)
         if n5 == 0.0 and n3 == 0.0:
             return 0.0
