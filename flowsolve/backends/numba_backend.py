@@ -9,7 +9,11 @@ Same arrays as the NumPy backend (``xp = numpy``); what changes is who does the 
   activation, the output reduction and the error scaling fused in one pass around them
   (faster than the general-d fused kernel in every case measured); for n <= ``SMALL_N``
   samples the two skinny products run as Numba row kernels instead (1.3-1.9x faster than
-  OpenBLAS at m = 1e5, d = 64; a tie at 1e4);
+  OpenBLAS at m = 1e5, d = 64; a tie at 1e4); from ``blas_threshold`` pre-activations
+  (n > ``SMALL_N``) Numba's threads each run single-threaded BLAS on L2-sized sub-blocks
+  (1.2-2.8x faster than BLAS's own threads, ``benchmarks/blas_path.py``);
+- the sliding method's switching structure: the compiled RHS on every neuron, the
+  residual rate and the crossing test in one pass each (:meth:`switching_kernels`);
 - three-layer RHS: BLAS for the three m x m products, the elementwise work around them
   fused into four passes (:mod:`._nb_three_layer`);
 - every activation of :mod:`flowsolve.models.activations` has a kernel; a model without a
