@@ -208,7 +208,8 @@ class Switching:
         ``lo`` for ``u < 0``).
     kernels : object, optional
         A backend's compiled pieces (``NumbaBackend.switching_kernels``): ``rhs(y, out)
-        -> loss`` of the plain flow leaving the residual in ``last_r``, and ``pre(y)``.
+        -> loss`` of the plain flow leaving the residual in ``last_r``, ``pre(y)``,
+        ``residual_rate(y, f, S, lo)`` and ``crossings(y0, y1, S0)``.
         With them :meth:`rhs` runs the compiled RHS on every neuron and recomputes only
         the neurons with sliding pairs here; the result is the same up to rounding (at a
         sliding pair ``pre`` is 0 to rounding, so its ``sigma`` is too).

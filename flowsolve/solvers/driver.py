@@ -225,11 +225,13 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
         mode = "fixed" if fixed else "clip"
 
     rec = _Recorder(problem)
-    # the structured methods run NumPy code between the backend's parallel kernels: a
+    # the sliding method runs NumPy code between the backend's parallel kernels: a
     # multithreaded BLAS call there leaves OpenBLAS spinning against them (the Numba
-    # backend's ``quiet_blas``; docs/benchmarks.md "Threads")
+    # backend's ``quiet_blas``; docs/benchmarks.md "Threads"). Not for expgn2, whose Gram
+    # products are BLAS-bound, nor for auto's other choices.
     quiet = getattr(problem.backend, "quiet_blas", None)
-    guard = quiet() if (quiet is not None and method in STRUCTURED) else contextlib.nullcontext()
+    sliding = getattr(stepper, "method_name", method) == "sliding"
+    guard = quiet() if (quiet is not None and sliding) else contextlib.nullcontext()
     with np.errstate(over="ignore", invalid="ignore"), guard:  # blow-ups end with a status
         status, message = _integrate(stepper, mode, rec, save_times, snap_times, t_end,
                                      stop_at_loss, max_steps, progress, method)
