@@ -113,8 +113,10 @@ def test_blas_path_in_blocks(monkeypatch, n):
 
     monkeypatch.setattr(nbmod, "_BLAS_BLOCK", n * 300)      # 300 rows of n samples
     model, data = _model(500, "relu"), _data(n, 8)           # M = 1000 neurons, 4 blocks
-    for be in (NumbaBackend(path="blas"), NumbaBackend(path="blas", threads=1),
-               NumbaBackend(path="blas", parallel_threshold=1,
+    off = 10**12                                             # not the threaded path
+    for be in (NumbaBackend(path="blas", blas_threshold=off),
+               NumbaBackend(path="blas", threads=1),
+               NumbaBackend(path="blas", parallel_threshold=1, blas_threshold=off,
                             threads=numba.config.NUMBA_NUM_THREADS)):
         _compare(model, data, "float64", be)
 

@@ -9,9 +9,10 @@ Same arrays as the NumPy backend (``xp = numpy``); what changes is who does the 
   activation, the output reduction and the error scaling fused in one pass around them
   (faster than the general-d fused kernel in every case measured); for n <= ``SMALL_N``
   samples the two skinny products run as Numba row kernels instead (1.3-1.9x faster than
-  OpenBLAS at m = 1e5, d = 64; a tie at 1e4); from ``blas_threshold`` pre-activations
-  (n > ``SMALL_N``) Numba's threads each run single-threaded BLAS on L2-sized sub-blocks
-  (1.2-2.8x faster than BLAS's own threads, ``benchmarks/blas_path.py``);
+  OpenBLAS at m = 1e5, d = 64; a tie at 1e4); from ``blas_threshold`` multiply-adds
+  per product (n > ``SMALL_N``) Numba's threads each run single-threaded BLAS on L2-sized sub-blocks
+  (1.2-2.8x faster than BLAS's own threads, ``benchmarks/blas_path.py``); below it the
+  products run on one BLAS thread;
 - the sliding method's switching structure: the compiled RHS on every neuron, the
   residual rate and the crossing test in one pass each (:meth:`switching_kernels`);
 - three-layer RHS: BLAS for the three m x m products, the elementwise work around them
@@ -123,9 +124,10 @@ class NumbaBackend:
     stage_threshold : int
         State length from which the stage kernels run in parallel.
     blas_threshold : int
-        Pre-activations (neurons x samples) from which the BLAS path (n > 8) runs on
-        Numba's threads with single-threaded BLAS per thread instead of on BLAS's threads
-        (measured break-even ~1.5e5, docs/benchmarks.md).
+        Multiply-adds of one product (neurons x samples x (d + 1)) from which the BLAS
+        path (n > 8) runs on Numba's threads with single-threaded BLAS per thread; below
+        it, one BLAS call per block on one thread (``benchmarks/blas_path.py``: the
+        threaded path lost up to 1.15x at <= 3e5 and won 1.4-4.3x from 1.2e6).
     path : {"auto", "fused", "blas"}
         Two-layer RHS kernel family: ``auto`` takes the fused kernel for d = 1 (its
         single-sweep case) and BLAS for d >= 2 (measured faster there, docs/benchmarks.md).
@@ -135,7 +137,7 @@ class NumbaBackend:
     xp = np
 
     def __init__(self, threads=None, parallel_threshold=30_000, stage_threshold=100_000,
-                 path="auto", blas_threshold=150_000):
+                 path="auto", blas_threshold=500_000):
         limit = numba.config.NUMBA_NUM_THREADS
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) \
@@ -406,7 +408,7 @@ class _TwoLayerKernels:
         a, W = y[:M], y[M:].reshape(M, D)
         oa, OW = out[:M], out[M:].reshape(M, D)
         if n > SMALL_N:
-            nt = self.be._par(M * n, self.be.blas_threshold)
+            nt = self.be._par(M * n * D, self.be.blas_threshold)
             if nt:
                 return self._rhs_threaded(a, W, oa, OW, nt)
         nc = self.be._par(M, self.be.parallel_threshold)
@@ -425,7 +427,10 @@ class _TwoLayerKernels:
 
             def prod_out(P, Ob):
                 np.matmul(P, self.xt, out=Ob)
-        with self.be.blas_threads():
+        # small products on one BLAS thread: a two-thread OpenBLAS call leaves its worker
+        # spinning against the parallel stage kernels that follow (a dopri5 solve at
+        # n = 16, d = 64, m = 1000 took 1.0 s instead of 0.34 s)
+        with _BlasThreads(1):
             for b0 in range(0, M, B):
                 b1 = min(M, b0 + B)
                 P = self._pre[:b1 - b0]
