@@ -82,7 +82,7 @@ def kernels(code: int) -> SimpleNamespace:
 
     def rhs(y, out, sizes, XtT, Xt, H, pre1, U2, H2, Y, coef):
         """The whole RHS in one call (the products by ``np.dot``, i.e. BLAS, without a
-        Python round trip each); returns the residual (n,). ``sizes = (n1, n2, M1, M2, D,
+        Python round trip each); returns the loss. ``sizes = (n1, n2, M1, M2, D,
         m1, m2, C)``, ``coef = (s1, s2, cf, q, g1, g2, g3)``."""
         n1, n2, M1, M2, D, m1, m2, C = sizes
         s1, s2, cf, q, g1, g2, g3 = coef
@@ -112,7 +112,7 @@ def kernels(code: int) -> SimpleNamespace:
                 np.dot(U2[c * m2:(c + 1) * m2], H[c].T, o2[c * m2:(c + 1) * m2])
         else:
             o2[:, :] = 0.0
-        return r
+        return np.dot(r, r) / (2.0 * r.shape[0])
 
     ns = SimpleNamespace(layer1=L1, layer2=L2, delta=DL, back=BK, rhs=jit(rhs))
     _KERNELS[code] = ns
@@ -170,10 +170,12 @@ class ThreeLayerKernels:
 
     def rhs(self, y, out):
         """Write ``dy/dt^`` into ``out``; return the loss at ``y`` (one compiled call)."""
+        args = (y, out, self._sizes, self.XtT, self.Xt, self.H, self.pre1, self.U2, self.H2,
+                self.Y, self._coef)
+        if self.be.user_threads is None:        # no BLAS limit to set (a few us at m = 250)
+            return self.kern.rhs(*args)
         with self.be.blas_threads():
-            r = self.kern.rhs(y, out, self._sizes, self.XtT, self.Xt, self.H, self.pre1,
-                              self.U2, self.H2, self.Y, self._coef)
-        return float(np.dot(r, r)) / (2.0 * self.n)
+            return self.kern.rhs(*args)
 
     def loss(self, y) -> float:
         with self.be.blas_threads():
