@@ -291,19 +291,22 @@ def test_auto_falls_back_to_explicit_rk_without_gauss_newton_structure():
 
 
 # -- the compiled switching pieces (numba backend) --------------------------------------
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("d", [1, 3])
 @pytest.mark.parametrize("act", ["relu", "leaky_relu"])
-def test_compiled_switching_matches_numpy(d, act):
+def test_compiled_switching_matches_numpy(d, act, parallel):
     """Switching with the numba backend's kernels (compiled RHS on every neuron, NumPy on
     the sliding rows; one-pass residual rate and crossings) against the NumPy reference,
-    with sliding pairs on several neurons (one with two pairs)."""
-    pytest.importorskip("numba")
+    with sliding pairs on several neurons (one with two pairs); serial and prange
+    kernels."""
+    numba = pytest.importorskip("numba")
     from flowsolve.backends.numba_backend import NumbaBackend
 
     m, n = 40, 6
     data = fs.datasets.smooth(n, d=d, seed=2)
     model = fs.TwoLayer(m, fs.Scaling.from_gammas(1.2, 0.1, m), activation=act, asi=False)
-    be = NumbaBackend()
+    be = NumbaBackend(parallel_threshold=1, blas_threshold=1,
+                      threads=numba.config.NUMBA_NUM_THREADS) if parallel else NumbaBackend()
     ref = model.make_switching(np, data, np.float64)
     fast = model.make_switching(np, data, np.float64,
                                 kernels=be.switching_kernels(model, data, np.float64))
