@@ -10,9 +10,9 @@ Same arrays as the NumPy backend (``xp = numpy``); what changes is who does the 
   (faster than the general-d fused kernel in every case measured); for n <= ``SMALL_N``
   samples the two skinny products run as Numba row kernels instead (1.3-1.9x faster than
   OpenBLAS at m = 1e5, d = 64; a tie at 1e4); from ``blas_threshold`` multiply-adds
-  per product (n > ``SMALL_N``) Numba's threads each run single-threaded BLAS on L2-sized sub-blocks
-  (1.2-2.8x faster than BLAS's own threads, ``benchmarks/blas_path.py``); below it the
-  products run on one BLAS thread;
+  per product (n > ``SMALL_N``) Numba's threads each run single-threaded BLAS on
+  L2-sized sub-blocks (1.2-2.8x faster than BLAS's own threads,
+  ``benchmarks/blas_path.py``); below it the products run on one BLAS thread;
 - the sliding method's switching structure: the compiled RHS on every neuron, the
   residual rate and the crossing test in one pass each (:meth:`switching_kernels`);
 - three-layer RHS: BLAS for the three m x m products, the elementwise work around them
@@ -35,11 +35,13 @@ the parallel kernels were slower than the serial ones below m ~ 1e6. Importing t
 module therefore bounds the spin instead: unless the user set ``OMP_WAIT_POLICY`` or
 ``GOMP_SPINCOUNT``, it sets ``OMP_WAIT_POLICY=PASSIVE`` (other OpenMP runtimes sleep)
 with ``GOMP_SPINCOUNT=10000`` (GNU OpenMP, Numba's: idle threads spin ~0.1 ms, enough to
-bridge the gap between the RHS and the stage kernels, then sleep). The BLAS path runs its
-elementwise Numba kernels serially, so only BLAS threads are busy there (for n <=
-``SMALL_N`` it calls no BLAS: its row kernels use Numba's threads); and with ``threads=``
-the BLAS thread count is limited to the same number during the BLAS path's matrix
-products. Measured side by side in docs/benchmarks.md.
+bridge the gap between the RHS and the stage kernels, then sleep). OpenBLAS, whose idle
+worker spins after a two-thread call, never runs multithreaded between Numba's kernels:
+the BLAS path calls it on one thread (inside Numba's ``prange`` on the threaded path),
+the relative changes use :meth:`NumbaBackend.diff_norms`, and the sliding method holds it
+on one thread (:meth:`NumbaBackend.quiet_blas`). The three-layer RHS keeps BLAS's threads
+for its m x m products (limited to ``threads=`` when given). Measured side by side in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -241,12 +243,13 @@ class NumbaBackend:
     def switching_kernels(self, model, data, dtype):
         """Numba pieces for the sliding-mode flow of
         :class:`~flowsolve.models.two_layer_structure.Switching` (``rhs`` leaving the
-        residual in ``last_r``, and ``pre``), or None where no two-layer kernel applies."""
-        if getattr(model, "name", None) != "two_layer" \
-                or self.kernel_plan(model, data) not in ("fused", "blas"):
+        residual in ``last_r``, ``pre``, ``residual_rate``, ``crossings``), or None where
+        no two-layer kernel applies."""
+        plan = self.kernel_plan(model, data)
+        if getattr(model, "name", None) != "two_layer" or plan not in ("fused", "blas"):
             return None
         k = _TwoLayerKernels(self, model, data, dtype)
-        k.rhs = k.rhs_blas if self.kernel_plan(model, data) == "blas" else k.rhs_fused
+        k.rhs = k.rhs_blas if plan == "blas" else k.rhs_fused
         return k
 
     @staticmethod
@@ -401,7 +404,9 @@ class _TwoLayerKernels:
 
     # -- BLAS ---------------------------------------------------------------------------
     def rhs_blas(self, y, out):
-        """As :meth:`rhs_fused`, with the matrix products in BLAS (blocks of ``rows``)."""
+        """As :meth:`rhs_fused`, with the matrix products in BLAS: on Numba's threads from
+        ``blas_threshold`` (:meth:`_rhs_threaded`), else in blocks of ``rows`` on one BLAS
+        thread (Numba row kernels for n <= ``SMALL_N``)."""
         M, D, n, B = self.M, self.D, self.n, self.rows
         if self._pre is None:
             self._pre = np.empty((B, n), dtype=self.dtype)
@@ -414,8 +419,9 @@ class _TwoLayerKernels:
         nc = self.be._par(M, self.be.parallel_threshold)
         f = np.zeros(n)
         if n <= SMALL_N and (nc or self.be.threads == 1):
-            # skinny products as Numba row kernels, when they get as many threads as BLAS
-            # would (serial they lose to two-thread BLAS below m ~ 3e4)
+            # skinny products as Numba row kernels on Numba's threads, or with one thread
+            # overall (1.9x faster than OpenBLAS at n = 4, d = 64, m = 1e5; serial row
+            # kernels lose to one-thread OpenBLAS at m <= 2e4, so not below the threshold)
             def prod_in(Wb, P):
                 tl.rows_in(Wb, self.xs, P, nc)
 
