@@ -64,6 +64,37 @@ def test_embedded_estimate_order(name):
         assert abs(slope - expected) < 0.5, (name, slope)
 
 
+@pytest.mark.parametrize("name", [n for n in ADAPTIVE if TABLEAUS[n].dense is not None])
+def test_continuous_extension_order(name):
+    # one step, evaluated inside: the interpolant's local error scales like h^(p+1) with
+    # p = 3 for bs3's cubic, 4 for dopri5's and tsit5's quartic extensions
+    tab = TABLEAUS[name]
+    theta = 0.37
+    errs = []
+    for h in (0.2, 0.1):
+        st = RKStepper(tab, _linear_rhs, NumpyBackend(), Y0.copy(), dt=h, rtol=1.0, atol=1.0,
+                       status_enum=fs.Status, loss=lambda y: float(y @ y))
+        st.step(t_stop=h)                   # one accepted step of size h
+        assert st.t == pytest.approx(h) and st.has_dense
+        y, loss = st.interpolate(theta * h)
+        exact = expm(A * theta * h) @ Y0
+        assert loss == pytest.approx(float(y @ y))
+        errs.append(np.linalg.norm(y - exact))
+    p = {"bs3": 3, "dopri5": 4, "tsit5": 4}[name]
+    assert abs(math.log2(errs[0] / errs[1]) - (p + 1)) < 0.5, (name, errs)
+    # the ends reproduce the step's states; the stepper continues unchanged afterwards
+    y_end, _ = st.interpolate(st.t)
+    np.testing.assert_allclose(y_end, st.y, rtol=1e-13, atol=1e-15)
+    y_start, _ = st.interpolate(st.t_old)
+    np.testing.assert_array_equal(y_start, st.y_new)
+    ref = RKStepper(tab, _linear_rhs, NumpyBackend(), Y0.copy(), dt=0.1, rtol=1.0, atol=1.0,
+                    status_enum=fs.Status)
+    ref.step(t_stop=0.1)
+    st.step()
+    ref.step()
+    np.testing.assert_array_equal(st.y, ref.y)
+
+
 def _flow_problem(gamma=1.0, m=60, asi=True, activation="relu", seed=0):
     s = fs.Scaling.from_gammas(gamma=gamma, gamma_prime=0.0, width=m)
     return fs.Problem(fs.TwoLayer(m, s, activation=activation, asi=asi),
@@ -97,6 +128,24 @@ def test_save_times_hit_exactly_and_dense_observables():
     assert np.all(sol["rd_w_max"] >= sol["rd_w"] - 1e-15)
 
 
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bs3"])
+def test_save_times_do_not_shorten_steps(method):
+    # save times come from the continuous extension: the steps are those of a run with no
+    # save times in between, and the saved observables match a tight reference
+    prob = _flow_problem(gamma=0.75, activation="tanh")
+    T, rtol = 20.0, 1e-6
+    ts = np.linspace(0.0, T, 41)
+    dense = fs.solve(prob, method, rtol=rtol, atol=1e-9, t_end=T, save_at=ts, progress=False)
+    bare = fs.solve(prob, method, rtol=rtol, atol=1e-9, t_end=T, save_at=[0.0], progress=False)
+    assert dense.stats.steps == bare.stats.steps < len(ts)
+    assert dense.stats.nfev == bare.stats.nfev
+    np.testing.assert_array_equal(dense.y_final, bare.y_final)
+    np.testing.assert_array_equal(dense.t, ts)
+    ref = fs.solve(prob, "dop853", rtol=1e-12, atol=1e-14, t_end=T, save_at=ts, progress=False)
+    assert np.max(np.abs(dense.loss / ref.loss - 1)) < 100 * rtol
+    np.testing.assert_allclose(dense["rd_w"], ref["rd_w"], rtol=100 * rtol)
+
+
 def test_gd_with_small_step_converges_to_the_flow():
     prob = _flow_problem(gamma=0.75, activation="tanh")
     T = 5.0
@@ -126,6 +175,11 @@ def test_stop_at_loss_locates_the_crossing():
     # independent check: integrate to the located time and evaluate the loss
     again = fs.solve(prob, "tsit5", rtol=1e-8, atol=1e-11, t_end=sol.t_final, progress=False)
     assert again.final["loss"] == pytest.approx(tol, rel=1e-3)
+    # saved points before the crossing, from the continuous extension, lie above it
+    saved = fs.solve(prob, "dopri5", rtol=1e-7, atol=1e-10, stop_at_loss=tol,
+                     save_at=np.linspace(0, 2 * sol.t_final, 400), progress=False)
+    assert saved.t_final == pytest.approx(sol.t_final, rel=1e-6)
+    assert np.all(saved.loss[:-1] > tol) and np.all(np.diff(saved.t) > 0)
     # gd stops at the first step below the tolerance
     gd = fs.solve(prob, "gd", dt=0.5, stop_at_loss=tol, progress=False)
     assert gd.final["loss"] <= tol and gd.loss[-2] > tol or gd.t[-2] < gd.t_final

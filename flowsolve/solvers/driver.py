@@ -215,14 +215,16 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
         stepper = build_structured(method, problem, rtol=rtol, atol=atol, first_step=first_step,
                                    error_ref=problem.y0 if error_norm == "displacement" else None,
                                    status_enum=Status)
-        mode = "clip"
+        mode = "interpolate" if getattr(stepper, "has_dense", False) else "clip"
     else:
         tab = get_tableau("euler" if method == "gd" else method)
         ref = problem.y0 if error_norm == "displacement" else None
         stepper = RKStepper(tab, problem.rhs_into, problem.backend, problem.y0, rtol=rtol,
                             atol=atol, dt=dt if fixed else first_step, adaptive=not fixed,
-                            error_ref=ref, status_enum=Status)
-        mode = "fixed" if fixed else "clip"
+                            error_ref=ref, status_enum=Status, loss=problem._loss)
+        # save times from the continuous extension where the tableau has one: steps are
+        # then the same with or without save_at (docs/benchmarks.md, "Save times")
+        mode = "fixed" if fixed else ("interpolate" if stepper.has_dense else "clip")
 
     rec = _Recorder(problem)
     # the sliding method runs NumPy code between the backend's parallel kernels: a
@@ -311,16 +313,21 @@ def _integrate(st, mode, rec, save_times, snap_times, t_end, tol, max_steps, pro
             except StepFailure as exc:
                 status, message = exc.kind, str(exc)
                 break
-            if mode == "interpolate":          # scipy: save points from the dense output
+            crossed = tol is not None and st.loss <= tol
+            if mode == "interpolate":
+                # save points from the continuous extension (scipy's dense output, or the
+                # tableau's), up to the crossing if there is one: located below, so found
+                # here from the loss at the save point itself
                 while i < len(stops) and stops[i] <= st.t:
-                    y_s, loss_s = st.state_at(stops[i])
+                    y_s, loss_s = st.interpolate(stops[i])
+                    if crossed and loss_s <= tol:
+                        break
                     if stops[i] in saves:
                         rec.update(y_s)
                         rec.record(stops[i], loss_s)
                     if stops[i] in snaps:
                         rec.snapshot(stops[i], y_s)
                     i += 1
-            crossed = tol is not None and st.loss <= tol
             if not crossed or mode == "fixed":
                 rec.update(st.y)   # the running maxima see every accepted state
             final_y, final_t, final_loss = st.y, st.t, st.loss

@@ -78,6 +78,10 @@ class SlidingStepper(RKStepper):
                          status_enum=status_enum)
 
     @property
+    def has_dense(self) -> bool:
+        return False    # event neurons are re-integrated: the stages do not describe them
+
+    @property
     def njev(self) -> int:
         return math.ceil(self.aux_work)
 

@@ -6,6 +6,11 @@ weights ``b`` (s,) and the error weights ``e``: ``err = h sum_j e_j k_j``. When 
 anyway (it is the next step's first stage). ``fsal`` marks tableaus whose last stage is
 evaluated at ``y_new``. DOP853 combines two estimates (``e`` of order 5 and ``e3`` of
 order 3) as Hairer's code does.
+
+``dense`` (optional) is the continuous extension: ``dense[j][k]`` is the coefficient of
+``theta^(k+1)`` in the weight of stage ``j``, so that
+``y(t + theta h) = y + h sum_j b_j(theta) k_j`` with ``b_j(1) = b_j``. The driver then
+records save times from it instead of shortening steps onto them.
 """
 
 from __future__ import annotations
@@ -33,10 +38,17 @@ class Tableau:
     e3: tuple | None = None
     fsal: bool = False
     description: str = ""
+    dense: tuple | None = None   #: per stage, coefficients of theta^1..theta^q
 
     @property
     def stages(self) -> int:
         return len(self.c)
+
+    def dense_weights(self, theta: float) -> tuple:
+        """Stage weights ``b_j(theta)`` of the continuous extension at ``theta`` in [0, 1]."""
+        if self.dense is None:
+            raise ValueError(f"{self.name} has no continuous extension")
+        return tuple(sum(p * theta ** (k + 1) for k, p in enumerate(row)) for row in self.dense)
 
     def check(self, tol: float = 1e-12) -> None:
         """Consistency: row sums equal c, weights sum to 1, error weights sum to 0."""
@@ -49,6 +61,26 @@ class Tableau:
             raise AssertionError(f"{self.name}: e sums to {sum(self.e)}")
         if self.fsal and (tuple(self.a[-1]) != tuple(self.b[:-1]) or self.b[-1] != 0.0):
             raise AssertionError(f"{self.name}: FSAL needs the last a row to equal b")
+        if self.dense is not None:
+            bt = self.dense_weights(1.0)
+            if len(bt) != self.stages or max(abs(x - y) for x, y in zip(bt, self.b)) > tol:
+                raise AssertionError(f"{self.name}: the continuous extension at theta = 1 "
+                                     f"is {bt}, not b")
+
+
+def _expand(factored):
+    """Coefficients of theta^1..theta^q of polynomials given as ``(scale, power, factors)``:
+    ``scale theta^power prod(factors)``, each factor a tuple of ascending coefficients."""
+    P = np.polynomial.polynomial
+    rows = []
+    for scale, power, factors in factored:
+        poly = np.array([float(scale)])
+        for f in factors:
+            poly = P.polymul(poly, f)
+        poly = np.concatenate([np.zeros(power), poly])
+        rows.append(tuple(float(x) for x in poly[1:]))
+    q = max(len(r) for r in rows)
+    return tuple(r + (0.0,) * (q - len(r)) for r in rows)
 
 
 def _minus(b, bhat):
@@ -62,6 +94,8 @@ _BS3 = Tableau(
     b=(2 / 9, 1 / 3, 4 / 9, 0.0),
     e=_minus((2 / 9, 1 / 3, 4 / 9, 0.0), (7 / 24, 1 / 4, 1 / 3, 1 / 8)),
     fsal=True, description="Bogacki-Shampine 3(2)",
+    # Hermite-type cubic continuous extension (as SciPy's RK23)
+    dense=((1.0, -4 / 3, 5 / 9), (0.0, 1.0, -2 / 3), (0.0, 4 / 3, -8 / 9), (0.0, -1.0, 1.0)),
 )
 
 _DP5_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
@@ -76,6 +110,18 @@ _DOPRI5 = Tableau(
     e=_minus(_DP5_B, (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200,
                       187 / 2100, 1 / 40)),
     fsal=True, description="Dormand-Prince 5(4)",
+    # Shampine's fourth-order continuous extension (Hairer's DOPRI5, SciPy's RK45)
+    dense=((1.0, -8048581381 / 2820520608, 8663915743 / 2820520608,
+            -12715105075 / 11282082432),
+           (0.0, 0.0, 0.0, 0.0),
+           (0.0, 131558114200 / 32700410799, -68118460800 / 10900136933,
+            87487479700 / 32700410799),
+           (0.0, -1754552775 / 470086768, 14199869525 / 1410260304,
+            -10690763975 / 1880347072),
+           (0.0, 127303824393 / 49829197408, -318862633887 / 49829197408,
+            701980252875 / 199316789632),
+           (0.0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844),
+           (0.0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423)),
 )
 
 # Tsitouras (2011) 5(4), coefficients as published (Tsitouras, Comput. Math. Appl. 62).
@@ -95,6 +141,16 @@ _TSIT5 = Tableau(
     e=(-0.00178001105222577714, -0.0008164344596567469, 0.007880878010261996,
        -0.1447110071732629, 0.5823571654525552, -0.45808210592918697, 1 / 66),
     fsal=True, description="Tsitouras 5(4)",
+    # the paper's fourth-order continuous extension, b_j(theta) in factored form
+    dense=_expand((
+        (-1.0530884977290216, 1, ((-1.3299890189751412, 1.0),
+                                  (0.7139816917074209, -1.4364028541716351, 1.0))),
+        (0.1017, 2, ((1.2949852507374631, -2.1966568338249754, 1.0),)),
+        (2.490627285651252793, 2, ((1.57803468208092486, -2.38535645472061657, 1.0),)),
+        (-16.54810288924490272, 2, ((-1.21712927295533244, 1.0), (-0.61620406037800089, 1.0))),
+        (47.37952196281928122, 2, ((-1.203071208372362603, 1.0), (-0.658047292653547382, 1.0))),
+        (-34.87065786149660974, 2, ((-1.2, 1.0), (-0.666666666666666667, 1.0))),
+        (2.5, 2, ((-1.0, 1.0), (-0.6, 1.0))))),
 )
 
 _DOP853_C = (0.0, 0.05260015195876773, 0.0789002279381516, 0.1183503419072274, 0.2816496580927726, 0.3333333333333333, 0.25, 0.3076923076923077, 0.6512820512820513, 0.6, 0.8571428571428571, 1.0)
