@@ -67,13 +67,15 @@ class RKStepper:
         displacement norm; ``error_ref = y0``).
     safety, min_factor, max_factor : float
         Controller limits.
+    pi_beta : float
+        The controller's memory exponent (:func:`pi_factor`; 0: the I controller).
     loss : callable, optional
         ``loss(y) -> float``, for :meth:`interpolate` (else it costs a right-hand side).
     """
 
     def __init__(self, tableau: Tableau, rhs, backend, y0, *, rtol=1e-6, atol=1e-9, dt=None,
                  adaptive=True, error_ref=None, safety=0.9, min_factor=0.2, max_factor=10.0,
-                 status_enum=None, loss=None):
+                 status_enum=None, loss=None, pi_beta=0.04):
         self.tab = tableau
         self.rhs = rhs
         self.be = backend
@@ -81,6 +83,7 @@ class RKStepper:
         self.adaptive = adaptive
         self.error_ref = error_ref
         self.safety, self.min_factor, self.max_factor = safety, min_factor, max_factor
+        self.pi_beta = float(pi_beta)
         self.Status = status_enum
         s, N = tableau.stages, y0.shape[0]
         self.K = backend.empty((s + 1, N), y0.dtype)
@@ -192,7 +195,7 @@ class RKStepper:
                 continue
             if err <= 1.0:
                 fac = pi_factor(err, self.err_prev, self.tab.error_order + 1, self.safety,
-                                self.min_factor, self.max_factor, rejected_once)
+                                self.min_factor, self.max_factor, rejected_once, self.pi_beta)
                 self.err_prev = max(err, 1e-4)
                 if not clipped or h >= self.h:
                     self.h = h * fac
