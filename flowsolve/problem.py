@@ -82,6 +82,8 @@ class Problem:
 
     def relative_changes(self, y) -> dict:
         """Relative changes of the layers from ``y0`` (see ``model.relative_changes``)."""
+        if self.backend.xp is not np:
+            y = self.backend.asarray(y, self.dtype)    # e.g. SciPy's NumPy states, to the GPU
         return self.model.relative_changes(self.backend.xp, y, self.y0,
                                            norms=getattr(self.backend, "diff_norms", None))
 

@@ -207,7 +207,7 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
 
     t_wall = time.perf_counter()
     if method.startswith("scipy:"):
-        stepper = ScipyStepper(method.split(":", 1)[1], problem.rhs_into,
+        stepper = ScipyStepper(method.split(":", 1)[1], _host_rhs(problem),
                                lambda y: problem.loss(y), problem.backend.to_numpy(problem.y0),
                                t_end, rtol, atol, first_step=first_step, status_enum=Status)
         mode = "interpolate"
@@ -253,6 +253,22 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
                     observables={k: np.asarray(v) for k, v in rec.values.items()},
                     status=status, message=message, stats=stats,
                     y_final=rec.final_y, snapshots=rec.snapshots, options=options)
+
+
+def _host_rhs(problem):
+    """``problem.rhs_into`` on NumPy arrays (SciPy's), copying to and from the device for
+    a GPU backend."""
+    be, dtype = problem.backend, problem.dtype
+    if be.xp is np:
+        return problem.rhs_into
+
+    def rhs(y, out):
+        d_out = be.empty(y.shape, dtype)
+        loss = problem.rhs_into(be.asarray(y, dtype), d_out)
+        out[...] = be.to_numpy(d_out)
+        return loss
+
+    return rhs
 
 
 def _save_times(save_at, t_end):
