@@ -90,7 +90,7 @@ def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=
         from .tableaus import get_tableau
         st = RKStepper(get_tableau(name), problem.rhs_into, be, problem.y0, rtol=rtol,
                        atol=atol, dt=first_step, error_ref=error_ref, status_enum=status_enum,
-                       loss=problem._loss)
+                       loss=problem.loss)
     st.method_name = name
     st.method_reason = why
     return st

@@ -221,7 +221,7 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
         ref = problem.y0 if error_norm == "displacement" else None
         stepper = RKStepper(tab, problem.rhs_into, problem.backend, problem.y0, rtol=rtol,
                             atol=atol, dt=dt if fixed else first_step, adaptive=not fixed,
-                            error_ref=ref, status_enum=Status, loss=problem._loss)
+                            error_ref=ref, status_enum=Status, loss=problem.loss)
         # save times from the continuous extension where the tableau has one: steps are
         # then the same with or without save_at (docs/benchmarks.md, "Save times")
         mode = "fixed" if fixed else ("interpolate" if stepper.has_dense else "clip")

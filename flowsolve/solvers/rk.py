@@ -26,8 +26,9 @@ def pi_factor(err, err_prev, k, safety=0.9, min_factor=0.2, max_factor=10.0,
     max_factor]``, and to at most 1 right after a rejection. On a smooth stretch
     (``err = err_prev``) it settles at ``err = safety^(1 / (1/k - 1.75 beta))``: 0.44 for
     dopri5, against ``safety^k`` = 0.59 for the plain I controller (``beta = 0``, SciPy's).
-    Gustafsson's ``0.7/k, 0.4/k`` settles at 0.17 and took 4-45% more steps on the
-    four-point flows (docs/benchmarks.md, "Step-size controller").
+    Gustafsson's ``0.7/k, 0.4/k`` settles at 0.17 and took 4-42% more steps on the
+    four-point flows (docs/benchmarks.md, "Save times from the continuous extension, and
+    Hairer's controller").
     """
     if err == 0.0:
         fac = max_factor
