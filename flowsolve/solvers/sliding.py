@@ -73,14 +73,9 @@ class SlidingStepper(RKStepper):
         self.aux_work = 0.0
         xp = backend.xp
         self.S_start = xp.zeros_like(switching.S)
-        # Gustafsson's PI constants (0.7/k, 0.4/k; the engine's default is Hairer's): they
-        # settle at a lower error (0.17 against 0.44 of the tolerance), which buys back the
-        # event errors the embedded estimate does not see: at m = 1e4, gamma = 0.5 the
-        # parameter error at ~1,850 RHS-equivalents is 7e-7 with them and 6e-6 without
-        # (docs/benchmarks.md, "Beating gradient descent")
         super().__init__(get_tableau(tableau), switching.rhs, _MaskedBackend(backend, self),
                          y0, rtol=rtol, atol=atol, dt=dt, error_ref=error_ref,
-                         status_enum=status_enum, pi_beta=0.08)
+                         status_enum=status_enum)
 
     @property
     def has_dense(self) -> bool:
