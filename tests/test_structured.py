@@ -295,10 +295,10 @@ def test_auto_falls_back_to_explicit_rk_without_gauss_newton_structure():
 @pytest.mark.parametrize("d", [1, 3])
 @pytest.mark.parametrize("act", ["relu", "leaky_relu"])
 def test_compiled_switching_matches_numpy(d, act, parallel):
-    """Switching with the numba backend's kernels (compiled RHS on every neuron, NumPy on
-    the sliding rows; one-pass residual rate and crossings) against the NumPy reference,
-    with sliding pairs on several neurons (one with two pairs); serial and prange
-    kernels."""
+    """Switching with the numba backend's kernels (compiled RHS on every neuron, the
+    sliding rows and the event re-integration compiled per neuron; one-pass residual
+    rate and crossings) against the NumPy reference, with sliding pairs on several
+    neurons (one with two pairs); serial and prange kernels."""
     numba = pytest.importorskip("numba")
     from flowsolve.backends.numba_backend import NumbaBackend
 
@@ -334,6 +334,25 @@ def test_compiled_switching_matches_numpy(d, act, parallel):
     assert cross.any() and not (cross & S).any()
     np.testing.assert_array_equal(fast.crossings(y, y1, S), cross)
     np.testing.assert_allclose(fast.pre(y), ref.pre(y), rtol=1e-12, atol=1e-14)
+    # the event re-integration: same crossings, slides and releases, same work
+    from flowsolve.models.two_layer_structure import HermiteResidual
+    ref.rhs(y, o_ref)
+    h = 50.0
+    y1 = y + h * o_ref
+    e_of = HermiteResidual(np, *ref.residual_rate(y, o_ref), *ref.residual_rate(y1, o_ref), h)
+    a, w = y[:m], y[m:].reshape(m, d + 1)
+    inputs = (a.copy(), w.copy(), S.copy())
+    a_r, w_r, S_r, cost_r = ref.integrate_neurons(a, w, S, e_of, h, 8)
+    a_f, w_f, S_f, cost_f = fast.integrate_neurons(a, w, S, e_of, h, 8)
+    assert cost_r > 4 * 8 * m                            # neurons crossed surfaces
+    assert cost_f == cost_r
+    np.testing.assert_array_equal(S_f, S_r)
+    assert (S_r != S).any()                              # pairs slid or were released
+    assert np.abs(w_r - w).max() > 0.1
+    np.testing.assert_allclose(a_f, a_r, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(w_f, w_r, rtol=1e-12, atol=1e-13)
+    for before, after in zip(inputs, (a, w, S)):         # inputs left alone
+        np.testing.assert_array_equal(after, before)
     for sw in (ref, fast):                               # no sliding pairs: plain flow
         sw.set_sliding(np.zeros_like(S))
     l_ref, l_fast = ref.rhs(y, o_ref), fast.rhs(y, o_fast)

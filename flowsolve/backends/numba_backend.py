@@ -60,6 +60,7 @@ import numba
 
 from ..errors import ConfigError
 from . import _nb_stages as st
+from . import _nb_switching as sw
 from . import _nb_two_layer as tl
 from ._nb_activations import CODES
 from ._nb_three_layer import ThreeLayerKernels
@@ -383,6 +384,34 @@ class _TwoLayerKernels:
         tl.crossings(y0[M:].reshape(M, D), y1[M:].reshape(M, D), self.xt, S0, out,
                      self.be._par(M, self.be.parallel_threshold))
         return out
+
+    def neuron_rhs(self, a, W, S, e, XX, lo):
+        """Sliding-mode velocities ``(da (q,), dw (q, D), theta (q, n))`` of the neurons
+        ``a``, ``W`` with sliding pairs ``S`` (q, n) for the residual ``e`` (n,) (see
+        ``Switching.rhs``)."""
+        q = a.shape[0]
+        out_a = np.empty(q, dtype=self.dtype)
+        out_w = np.empty((q, self.D), dtype=self.dtype)
+        theta = np.empty((q, self.n), dtype=self.dtype)
+        sw.neuron_rhs(np.ascontiguousarray(a), np.ascontiguousarray(W),
+                      np.ascontiguousarray(S), np.ascontiguousarray(e, dtype=self.dtype),
+                      self.xt, XX, float(lo), self.ca_n, self.cw_n, out_a, out_w, theta)
+        return out_a, out_w, theta
+
+    def integrate_neurons(self, a, W, S, e_of, h, substeps, XX, lo):
+        """``Switching.integrate_neurons`` compiled: the event neurons ``a`` (q,), ``W``
+        (q, D), ``S`` (q, n) through their events against the Hermite residual ``e_of``
+        over ``[0, h]``; returns ``(a, W, S, cost)`` (new arrays; cost in neuron-RHS
+        evaluations summed over the neurons). Threads from ``parallel_threshold``
+        neuron-sample pairs."""
+        a = np.array(a, dtype=self.dtype)
+        W = np.array(W, dtype=self.dtype, order="C")
+        S = np.array(S, dtype=np.bool_, order="C")
+        E = np.ascontiguousarray(e_of.table, dtype=self.dtype)
+        nc = self.be._par(a.shape[0] * self.n * self.D, self.be.parallel_threshold)
+        cost = sw.integrate_neurons(a, W, S, E, float(h), int(substeps), self.xt, XX,
+                                    float(lo), self.ca_n, self.cw_n, max(nc, 1))
+        return a, W, S, float(cost)
 
     def pre(self, y) -> np.ndarray:
         """Unscaled pre-activations ``w_k . x~_i`` (M, n) by the row kernel (no BLAS)."""

@@ -22,7 +22,7 @@ products ``J v``, ``C J^T u`` costs about half an RHS; the Gram matrix costs
 
 from __future__ import annotations
 
-__all__ = ["Linearization", "Switching", "controls", "make_linearize"]
+__all__ = ["HermiteResidual", "Linearization", "Switching", "controls", "make_linearize"]
 
 
 class _Consts:
@@ -193,6 +193,36 @@ def _rows_with_any(xp, B):
     return xp.unique(xp.flatnonzero(B) // B.shape[1])
 
 
+class HermiteResidual:
+    """The residual over one step ``[0, h]`` as the cubic Hermite interpolant through its
+    values and rates at both ends (the event re-integration's ``e(tau)``).
+
+    Parameters
+    ----------
+    e0, r0, e1, r1 : array (n,)
+        Residual and ``de/dt`` at ``tau = 0`` and ``tau = h``.
+    h : float
+        Step size (time units).
+
+    Calling it with ``tau`` a scalar gives ``e`` (n,); with ``tau`` (q,), (q, n).
+    ``table`` (4, n) stacks ``(e0, r0, e1, r1)`` for compiled kernels.
+    """
+
+    def __init__(self, xp, e0, r0, e1, r1, h):
+        self.xp = xp
+        self.h = float(h)
+        self.table = xp.stack([e0, r0, e1, r1])
+
+    def __call__(self, tau):
+        xp, h = self.xp, self.h
+        e0, r0, e1, r1 = self.table
+        s = xp.asarray(tau, dtype=self.table.dtype) / h
+        s = s[..., None] if s.ndim else s
+        h00, h10 = (1 + 2 * s) * (1 - s) ** 2, s * (1 - s) ** 2
+        h01, h11 = s * s * (3 - 2 * s), s * s * (s - 1)
+        return h00 * e0 + (h * h10) * r0 + h01 * e1 + (h * h11) * r1
+
+
 class Switching:
     """The ReLU flow with sliding pairs held on their switching surfaces.
 
@@ -209,10 +239,13 @@ class Switching:
     kernels : object, optional
         A backend's compiled pieces (``NumbaBackend.switching_kernels``): ``rhs(y, out)
         -> loss`` of the plain flow leaving the residual in ``last_r``, ``pre(y)``,
-        ``residual_rate(y, f, S, lo)`` and ``crossings(y0, y1, S0)``.
+        ``residual_rate(y, f, S, lo)``, ``crossings(y0, y1, S0)``,
+        ``neuron_rhs(a, W, S, e, XX, lo)`` (the sliding-mode velocities and controls of a
+        few neurons) and ``integrate_neurons(a, W, S, e_of, h, substeps, XX, lo)``.
         With them :meth:`rhs` runs the compiled RHS on every neuron and recomputes only
-        the neurons with sliding pairs here; the result is the same up to rounding (at a
-        sliding pair ``pre`` is 0 to rounding, so its ``sigma`` is too).
+        the neurons with sliding pairs; the result is the same up to rounding (at a
+        sliding pair ``pre`` is 0 to rounding, so its ``sigma`` is too), and
+        :meth:`integrate_neurons` runs compiled, one neuron at a time.
     """
 
     def __init__(self, model, xp, data, dtype, kernels=None):
@@ -294,21 +327,16 @@ class Switching:
             self.last_theta = self._zero_theta
             return loss
         rows, sub = self._rows, self._sub
-        a = y[:M][rows]
-        pre = y[M:].reshape(M, D)[rows] @ c.XtT
-        h = xp.maximum(pre, 0.0) if self.lo == 0.0 else xp.where(pre > 0, pre, self.lo * pre)
-        h[sub] = 0.0
-        out[:M][rows] = (h @ e) * (-c.ca / c.n)
-        g = self._gprime(pre)
         if self._theta_buf is None:
             self._theta_buf = xp.zeros_like(self._zero_theta)
         theta = self._theta_buf                  # zero except on the rows set last time
         theta[self._theta_rows] = 0.0
-        theta[rows] = controls(xp, g, sub, e, c.XX)
         self._theta_rows = rows
         self.last_theta = theta
-        g *= e
-        out[M:].reshape(M, D)[rows] = ((-c.cw / c.n) * a)[:, None] * (g @ c.Xt)
+        da, dw, theta[rows] = self.kernels.neuron_rhs(y[:M][rows], y[M:].reshape(M, D)[rows],
+                                                      sub, e, c.XX, self.lo)
+        out[:M][rows] = da
+        out[M:].reshape(M, D)[rows] = dw
         return loss
 
     def set_sliding(self, S):
@@ -428,7 +456,7 @@ class Switching:
         w : array (q, D)
         S : bool array (q, n)
             Sliding pairs at ``tau = 0`` (copied).
-        e_of : callable
+        e_of : HermiteResidual
             ``tau -> e`` (n,), ``tau`` a scalar or an array (q,) (then ``e`` is (q, n)).
         h : float
         substeps : int
@@ -437,10 +465,17 @@ class Switching:
         -------
         a, w, S : the neurons at ``tau = h`` and their sliding pairs.
         cost : float
-            Work in neuron-RHS evaluations (multiply by ``q / M`` for RHS-equivalents).
+            Work in neuron-RHS evaluations summed over the neurons (divide by ``M`` for
+            RHS-equivalents): 4 per substep, 8 more in a substep where the neuron
+            crosses or reaches a surface.
+
+        With the backend's compiled kernels the same algorithm runs one neuron at a time
+        (same events and decisions; rounding differs).
         """
         c = self.c
         xp, lo = c.xp, self.lo
+        if self.kernels is not None:
+            return self.kernels.integrate_neurons(a, w, S, e_of, h, substeps, c.XX, lo)
         a, w, S = a.copy(), w.copy(), S.copy()
         q = a.shape[0]
         P = xp.where(w @ c.XtT > 0, 1.0, lo)
@@ -450,14 +485,14 @@ class Switching:
         for sub in range(substeps):
             t0 = sub * h / substeps
             a1, w1 = self._rk4(a, w, P, S, e_of, t0, dt)
-            stages += 4
+            stages += 4 * q
             pre0, pre1 = w @ c.XtT, w1 @ c.XtT
             cross = ~S & (((P == 1.0) & (pre1 < 0)) | ((P != 1.0) & (pre1 > 0)))
             rows = xp.nonzero(cross.any(axis=1))[0]
             if rows.size:
-                frac = xp.where(cross[rows], pre0[rows] / xp.where(
-                    cross[rows], pre0[rows] - pre1[rows], 1.0), 2.0)
-                frac = xp.clip(frac, 0.0, 1.0)
+                frac = xp.clip(pre0[rows] / xp.where(cross[rows], pre0[rows] - pre1[rows],
+                                                     1.0), 0.0, 1.0)
+                frac = xp.where(cross[rows], frac, 2.0)     # the first crossing pair
                 i = xp.argmin(frac, axis=1)
                 f = frac[xp.arange(rows.size), i]
                 Pr, Sr = P[rows], S[rows]
@@ -477,7 +512,7 @@ class Switching:
                 Pr[xp.arange(rows.size)[flip], i[flip]] = xp.where(
                     Pr[xp.arange(rows.size)[flip], i[flip]] == 1.0, lo, 1.0)
                 ar, wr = self._rk4(ar, wr, Pr, Sr, e_of, tm, (1.0 - f) * dt[rows])
-                stages += 8
+                stages += 8 * rows.size
                 a1[rows], w1[rows], P[rows], S[rows] = ar, wr, Pr, Sr
                 # later crossings inside the same substep: follow the sign at its end
                 pre1r = wr @ c.XtT

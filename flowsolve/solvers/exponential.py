@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 
+from ..models.two_layer_structure import HermiteResidual
 from .rk import StepFailure, pi_factor
 
 __all__ = ["ExpGNStepper", "phi_functions"]
@@ -213,17 +214,10 @@ class ExpGNStepper:
         e1 = lin1.e
         r1 = -(lin1.gram() @ e1) / self.n             # de/dt at y1
         self.aux_work += 0.5 + self.linearize.gram_cost
-
-        def e_of(tau):          # cubic Hermite through (e, de/dt) at both ends
-            s = xp.asarray(tau, dtype=y.dtype) / h
-            s = s[..., None] if s.ndim else s
-            h00, h10 = (1 + 2 * s) * (1 - s) ** 2, s * (1 - s) ** 2
-            h01, h11 = s * s * (3 - 2 * s), s * s * (s - 1)
-            return h00 * e0 + (h * h10) * r0 + h01 * e1 + (h * h11) * r1
-
+        e_of = HermiteResidual(xp, e0, r0, e1, r1, h)
         a1, w1, S1, cost = sw.integrate_neurons(y[:M][rows], y[M:].reshape(M, D)[rows],
                                                 S[rows], e_of, h, self.substeps)
-        self.aux_work += cost * rows.size / M
+        self.aux_work += cost / M
         y1[:M][rows] = a1
         y1[M:].reshape(M, D)[rows] = w1
         S_new = S.copy()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+from ..models.two_layer_structure import HermiteResidual
 from .rk import RKStepper
 from .tableaus import get_tableau
 
@@ -113,18 +114,11 @@ class SlidingStepper(RKStepper):
         e0, r0 = sw.residual_rate(y, self.K[0])
         e1, r1 = sw.residual_rate(y_out, self.K[row])
         self.aux_work += 2.0
-
-        def e_of(tau):
-            s = xp.asarray(tau, dtype=y.dtype) / h
-            s = s[..., None] if s.ndim else s
-            h00, h10 = (1 + 2 * s) * (1 - s) ** 2, s * (1 - s) ** 2
-            h01, h11 = s * s * (3 - 2 * s), s * s * (s - 1)
-            return h00 * e0 + (h * h10) * r0 + h01 * e1 + (h * h11) * r1
-
+        e_of = HermiteResidual(xp, e0, r0, e1, r1, h)
         a0 = y[:M][rows]
         w0 = y[M:].reshape(M, D)[rows]
         a1, w1, S1, cost = sw.integrate_neurons(a0, w0, S0[rows], e_of, h, self.substeps)
-        self.aux_work += cost * rows.size / M
+        self.aux_work += cost / M
         y_out[:M][rows] = a1
         y_out[M:].reshape(M, D)[rows] = w1
         S = S0.copy()

@@ -1,0 +1,286 @@
+"""Numba kernels of the sliding method's event handling (ReLU-family two-layer flows).
+
+Compiled twins of the NumPy code in :class:`flowsolve.models.two_layer_structure.Switching`:
+
+- :func:`neuron_rhs` is ``Switching._neuron_rhs`` plus the equivalent controls, for the
+  rows of neurons with sliding pairs (``Switching.rhs`` on the compiled path);
+- :func:`integrate_neurons` is ``Switching.integrate_neurons``: the event neurons of a
+  step re-integrated through their switching events against the cubic Hermite residual
+  of the step, one neuron at a time (the NumPy code is batched over neurons; the steps,
+  events and decisions are the same, the rounding differs).
+
+Every neuron is independent given the residual, so the entry points loop over neurons
+serially or, with ``nchunks > 1``, ``prange`` over chunks of them. Per neuron the work is
+O(n D) per stage on arrays of n and D entries (scratch allocated once per chunk).
+
+Conventions as in the model: ``X`` (n, D) the augmented inputs ``x~_i``, ``XX = X X^T``,
+``P`` the frozen ``sigma'`` pattern (1 above the surface, ``lo`` below), ``S`` the
+sliding pairs, ``ca_n = -c_a / n``, ``cw_n = -c_w / n``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_EPS = np.finfo(np.float64).eps
+
+
+@njit(cache=True)
+def _controls(g, S, e, XX):
+    """Equivalent controls of one neuron's sliding pairs, written into ``g`` (n,) on
+    ``S`` (see ``two_layer_structure.controls``): ``sum_j e_j g_j XX_ji = 0`` for ``i`` in
+    ``S``; one pair in closed form, several by least squares."""
+    n = g.shape[0]
+    p = 0
+    for i in range(n):
+        if S[i]:
+            g[i] = 0.0
+            p += 1
+    if p == 0:
+        return
+    if p == 1:
+        i = 0
+        while not S[i]:
+            i += 1
+        num = 0.0
+        for j in range(n):
+            num += g[j] * e[j] * XX[j, i]
+        den = e[i] * XX[i, i]
+        g[i] = -num / den if den != 0.0 else 0.0
+        return
+    idx = np.empty(p, dtype=np.int64)
+    q = 0
+    for i in range(n):
+        if S[i]:
+            idx[q] = i
+            q += 1
+    A = np.empty((p, p))
+    b = np.empty(p)
+    for r in range(p):
+        s = 0.0
+        for j in range(n):
+            s += g[j] * e[j] * XX[j, idx[r]]
+        b[r] = -s
+        for c in range(p):
+            A[r, c] = XX[idx[r], idx[c]] * e[idx[c]]
+    th = np.linalg.lstsq(A, b, rcond=_EPS * p)[0]
+    for r in range(p):
+        g[idx[r]] = th[r]
+
+
+@njit(cache=True)
+def _rhs1(a, w, P, S, e, X, XX, ca_n, cw_n, g, dw):
+    """Velocity of one neuron with frozen pattern ``P`` and sliding pairs ``S`` held by
+    their equivalent controls: writes ``dw`` (D,) and the controls into ``g`` (n,),
+    returns ``da``."""
+    n, D = X.shape
+    sda = 0.0
+    sliding = False
+    for i in range(n):
+        if S[i]:
+            g[i] = 0.0
+            sliding = True
+        else:
+            p = 0.0
+            for j in range(D):
+                p += w[j] * X[i, j]
+            sda += P[i] * p * e[i]
+            g[i] = P[i]
+    if sliding:
+        _controls(g, S, e, XX)
+    for j in range(D):
+        dw[j] = 0.0
+    for i in range(n):
+        c = g[i] * e[i]
+        for j in range(D):
+            dw[j] += c * X[i, j]
+    f = cw_n * a
+    for j in range(D):
+        dw[j] *= f
+    return ca_n * sda
+
+
+@njit(cache=True)
+def _herm(E, h, tau, out):
+    """The cubic Hermite residual ``e(tau)`` (n,) through ``E = (e0, r0, e1, r1)``
+    (4, n) on ``[0, h]``."""
+    s = tau / h
+    h00 = (1 + 2 * s) * (1 - s) ** 2
+    h10 = h * (s * (1 - s) ** 2)
+    h01 = s * s * (3 - 2 * s)
+    h11 = h * (s * s * (s - 1))
+    for i in range(out.shape[0]):
+        out[i] = h00 * E[0, i] + h10 * E[1, i] + h01 * E[2, i] + h11 * E[3, i]
+
+
+@njit(cache=True)
+def _rk4(a, w, P, S, E, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w_out):
+    """One classical RK4 step of one neuron from ``t0`` by ``dt``; writes ``w_out``
+    (D,), returns the new ``a``. ``e``, ``g`` (n,), ``kw`` (4, D), ``wt`` (D,): scratch."""
+    D = w.shape[0]
+    _herm(E, h, t0, e)
+    k1 = _rhs1(a, w, P, S, e, X, XX, ca_n, cw_n, g, kw[0])
+    _herm(E, h, t0 + 0.5 * dt, e)
+    for j in range(D):
+        wt[j] = w[j] + 0.5 * dt * kw[0, j]
+    k2 = _rhs1(a + 0.5 * dt * k1, wt, P, S, e, X, XX, ca_n, cw_n, g, kw[1])
+    for j in range(D):
+        wt[j] = w[j] + 0.5 * dt * kw[1, j]
+    k3 = _rhs1(a + 0.5 * dt * k2, wt, P, S, e, X, XX, ca_n, cw_n, g, kw[2])
+    _herm(E, h, t0 + dt, e)
+    for j in range(D):
+        wt[j] = w[j] + dt * kw[2, j]
+    k4 = _rhs1(a + dt * k3, wt, P, S, e, X, XX, ca_n, cw_n, g, kw[3])
+    for j in range(D):
+        w_out[j] = w[j] + dt / 6.0 * (kw[0, j] + 2 * kw[1, j] + 2 * kw[2, j] + kw[3, j])
+    return a + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+@njit(cache=True)
+def _dot_row(w, X, i):
+    s = 0.0
+    for j in range(w.shape[0]):
+        s += w[j] * X[i, j]
+    return s
+
+
+@njit(cache=True)
+def _onto_surface(w, X, XX, i):
+    """Project ``w`` (D,) onto ``w . x~_i = 0`` along ``x~_i``."""
+    c = _dot_row(w, X, i) / XX[i, i]
+    for j in range(w.shape[0]):
+        w[j] -= c * X[i, j]
+
+
+@njit(cache=True)
+def _one_neuron(a, w, S, E, h, substeps, X, XX, lo, ca_n, cw_n,
+                P, e, g, kw, wt, w1, wr):
+    """``Switching.integrate_neurons`` for one neuron, in place on ``w`` (D,) and ``S``
+    (n,); returns ``(a, neuron-RHS evaluations)``. The other arguments after ``cw_n`` are
+    scratch: ``P``, ``e``, ``g`` (n,), ``kw`` (4, D), ``wt``, ``w1``, ``wr`` (D,)."""
+    n, D = X.shape
+    for i in range(n):
+        P[i] = 1.0 if _dot_row(w, X, i) > 0 else lo
+    dt = h / substeps
+    stages = 0
+    for sub in range(substeps):
+        t0 = sub * h / substeps
+        a1 = _rk4(a, w, P, S, E, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w1)
+        stages += 4
+        # the first crossing of the substep: the smallest interpolated fraction
+        first = -1
+        fmin = 2.0
+        for i in range(n):
+            if S[i]:
+                continue
+            p0 = _dot_row(w, X, i)
+            p1 = _dot_row(w1, X, i)
+            if (P[i] == 1.0 and p1 < 0) or (P[i] != 1.0 and p1 > 0):
+                fr = min(max(p0 / (p0 - p1), 0.0), 1.0)
+                if fr < fmin:
+                    fmin = fr
+                    first = i
+        if first >= 0:
+            f = fmin
+            i = first
+            ar = _rk4(a, w, P, S, E, h, t0, f * dt, X, XX, ca_n, cw_n, e, g, kw, wt, wr)
+            _onto_surface(wr, X, XX, i)
+            # slide or cross: the equivalent control with pair i free
+            tm = t0 + f * dt
+            _herm(E, h, tm, e)
+            for i2 in range(n):
+                g[i2] = 0.0 if (S[i2] or i2 == i) else P[i2]
+            S[i] = True
+            _controls(g, S, e, XX)
+            th = g[i]
+            if not (th >= lo and th <= 1.0):
+                S[i] = False
+                P[i] = lo if P[i] == 1.0 else 1.0
+            for j in range(D):
+                wt[j] = wr[j]
+            a1 = _rk4(ar, wt, P, S, E, h, tm, (1.0 - f) * dt, X, XX, ca_n, cw_n,
+                      e, g, kw, wr, w1)
+            stages += 8
+            # later crossings inside the same substep: follow the sign at its end
+            for i2 in range(n):
+                if not S[i2]:
+                    P[i2] = 1.0 if _dot_row(w1, X, i2) > 0 else lo
+        a = a1
+        for j in range(D):
+            w[j] = w1[j]
+        # release sliding pairs whose control left [lo, 1]
+        ns = 0
+        for i in range(n):
+            if S[i]:
+                ns += 1
+        if ns:
+            _herm(E, h, t0 + h / substeps, e)
+            for i in range(n):
+                g[i] = 0.0 if S[i] else P[i]
+            _controls(g, S, e, XX)
+            for i in range(n):
+                if S[i]:
+                    th = g[i]
+                    if th < lo - 1e-12 or th > 1.0 + 1e-12:
+                        up = a * e[i] > 0 if th > 1.0 else a * e[i] < 0
+                        S[i] = False
+                        P[i] = 1.0 if up else lo
+                        ns -= 1
+            if ns == 1:                         # keep it exactly on its surface
+                i = 0
+                while not S[i]:
+                    i += 1
+                _onto_surface(w, X, XX, i)
+    return a, stages
+
+
+@njit(cache=True)
+def _neuron_range(a, W, S, E, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1):
+    n, D = X.shape
+    P = np.empty(n)
+    e = np.empty(n)
+    g = np.empty(n)
+    kw = np.empty((4, D))
+    wt = np.empty(D)
+    w1 = np.empty(D)
+    wr = np.empty(D)
+    for k in range(k0, k1):
+        a[k], cost[k] = _one_neuron(a[k], W[k], S[k], E, h, substeps, X, XX, lo, ca_n,
+                                    cw_n, P, e, g, kw, wt, w1, wr)
+
+
+@njit(cache=True, parallel=True)
+def integrate_neurons(a, W, S, E, h, substeps, X, XX, lo, ca_n, cw_n, nchunks):
+    """Integrate the neurons ``a`` (q,), ``W`` (q, D) and their sliding pairs ``S``
+    (q, n) through their switching events over ``[0, h]`` against the Hermite residual
+    ``E = (e0, r0, e1, r1)`` (4, n), in place; returns the work in neuron-RHS
+    evaluations summed over the neurons (float64 arrays, C order)."""
+    q = a.shape[0]
+    cost = np.zeros(q)
+    if nchunks <= 1:
+        _neuron_range(a, W, S, E, h, substeps, X, XX, lo, ca_n, cw_n, cost, 0, q)
+    else:
+        for c in prange(nchunks):
+            k0 = c * q // nchunks
+            k1 = (c + 1) * q // nchunks
+            _neuron_range(a, W, S, E, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1)
+    return cost.sum()
+
+
+@njit(cache=True)
+def neuron_rhs(a, W, S, e, X, XX, lo, ca_n, cw_n, out_a, out_w, theta):
+    """The sliding-mode velocities of the neurons ``a`` (q,), ``W`` (q, D) with sliding
+    pairs ``S`` (q, n), pattern from the sign of ``W x~``: writes ``out_a`` (q,),
+    ``out_w`` (q, D) and the equivalent controls into ``theta`` (q, n) (zero outside
+    ``S``)."""
+    q = a.shape[0]
+    n, D = X.shape
+    P = np.empty(n)
+    g = np.empty(n)
+    for k in range(q):
+        for i in range(n):
+            P[i] = 1.0 if _dot_row(W[k], X, i) > 0 else lo
+        out_a[k] = _rhs1(a[k], W[k], P, S[k], e, X, XX, ca_n, cw_n, g, out_w[k])
+        for i in range(n):
+            theta[k, i] = g[i] if S[k, i] else 0.0
