@@ -297,76 +297,123 @@ def rows_out(G, X, out, nchunks):
 
 # -- switching structure (ReLU family): the sliding method's per-step passes -----------
 @njit(inline="always")
-def _rate_range(a, W, fa, FW, X, S, has_S, lo, e, rate, k0, k1):
-    for b0 in range(k0, k1, _B):            # blocks of neurons held in L1 ...
-        _rate_block(a, W, fa, FW, X, S, has_S, lo, e, rate, b0, min(b0 + _B, k1))
+def _pair_terms(a, W, fa, FW, X, lo, k, i):
+    """The terms of pair (k, i) in the residual and its rate."""
+    p = 0.0
+    v = 0.0
+    for j in range(X.shape[1]):
+        p += W[k, j] * X[i, j]
+        v += FW[k, j] * X[i, j]
+    g = 1.0 if p > 0 else lo
+    return a[k] * g * p, fa[k] * g * p + a[k] * g * v
 
 
 @njit(inline="always")
-def _rate_block(a, W, fa, FW, X, S, has_S, lo, e, rate, k0, k1):
+def _rate_range(a, W, fa, FW, X, lo, e, rate, k0, k1):
+    """Blocks of neurons transposed into (D, B) buffers, so each inner loop is a
+    unit-stride (vectorised) loop over the block's neurons."""
     n, D = X.shape
-    for i in range(n):                       # ... sample-outer: scalar accumulators
-        se = 0.0
-        sr = 0.0
-        for k in range(k0, k1):
-            p = 0.0
-            v = 0.0
+    wT = np.empty((D, _B), dtype=W.dtype)
+    fT = np.empty((D, _B), dtype=W.dtype)
+    p = np.empty(_B, dtype=W.dtype)
+    v = np.empty(_B, dtype=W.dtype)
+    for b0 in range(k0, k1, _B):
+        bs = min(_B, k1 - b0)
+        for k in range(bs):
             for j in range(D):
-                p += W[k, j] * X[i, j]
-                v += FW[k, j] * X[i, j]
-            g = 1.0 if p > 0 else lo
-            if has_S and S[k, i]:
-                g = 0.0                      # sliding pair: sigma = 0, d sigma/dt = 0
-            h = g * p
-            se += a[k] * h
-            sr += fa[k] * h + a[k] * g * v
-        e[i] += se
-        rate[i] += sr
+                wT[j, k] = W[b0 + k, j]
+                fT[j, k] = FW[b0 + k, j]
+        ab = a[b0:b0 + bs]
+        fab = fa[b0:b0 + bs]
+        for i in range(n):
+            x0 = X[i, 0]
+            for k in range(bs):
+                p[k] = wT[0, k] * x0
+                v[k] = fT[0, k] * x0
+            for j in range(1, D):
+                xj = X[i, j]
+                for k in range(bs):
+                    p[k] += wT[j, k] * xj
+                    v[k] += fT[j, k] * xj
+            se = 0.0
+            sr = 0.0
+            for k in range(bs):
+                g = 1.0 if p[k] > 0 else lo
+                h = g * p[k]
+                se += ab[k] * h
+                sr += fab[k] * h + ab[k] * g * v[k]
+            e[i] += se
+            rate[i] += sr
 
 
 @njit(cache=True, fastmath=_FM, parallel=True)
-def residual_rate(a, W, fa, FW, X, S, has_S, lo, nchunks):
+def residual_rate(a, W, fa, FW, X, sk, si, lo, nchunks):
     """``(sum_k a_k sigma(p_ki), sum_k fa_k sigma(p_ki) + a_k sigma'(p_ki) FW_k . x_i)``
     (n,) each, float64, with ``p_ki = W_k . x_i`` (unscaled), ``sigma`` ReLU with slope
-    ``lo`` below 0, and the pairs in ``S`` (if ``has_S``) left out."""
+    ``lo`` below 0, and the sliding pairs ``(sk[r], si[r])`` left out (their terms are
+    subtracted after the pass: they are few)."""
     M = W.shape[0]
     n = X.shape[0]
     k = max(1, nchunks)
     pe = np.zeros((k, n))
     pr = np.zeros((k, n))
     if nchunks <= 1:
-        _rate_range(a, W, fa, FW, X, S, has_S, lo, pe[0], pr[0], 0, M)
+        _rate_range(a, W, fa, FW, X, lo, pe[0], pr[0], 0, M)
     else:
         for c in prange(nchunks):
             lo_k, hi_k = _bounds(c, nchunks, M)
-            _rate_range(a, W, fa, FW, X, S, has_S, lo, pe[c], pr[c], lo_k, hi_k)
-    return pe.sum(axis=0), pr.sum(axis=0)
+            _rate_range(a, W, fa, FW, X, lo, pe[c], pr[c], lo_k, hi_k)
+    e = pe.sum(axis=0)
+    rate = pr.sum(axis=0)
+    for r in range(sk.shape[0]):
+        te, tr = _pair_terms(a, W, fa, FW, X, lo, sk[r], si[r])
+        e[si[r]] -= te
+        rate[si[r]] -= tr
+    return e, rate
 
 
 @njit(inline="always")
-def _cross_range(W0, W1, X, S0, out, k0, k1):
+def _cross_range(W0, W1, X, flag, k0, k1):
     n, D = X.shape
-    for k in range(k0, k1):
-        for i in range(n):
-            p0 = 0.0
-            p1 = 0.0
+    w0T = np.empty((D, _B), dtype=W0.dtype)
+    w1T = np.empty((D, _B), dtype=W0.dtype)
+    p0 = np.empty(_B, dtype=W0.dtype)
+    p1 = np.empty(_B, dtype=W0.dtype)
+    fb = np.empty(_B, dtype=np.uint8)
+    for b0 in range(k0, k1, _B):
+        bs = min(_B, k1 - b0)
+        for k in range(bs):
+            fb[k] = 0
             for j in range(D):
-                p0 += W0[k, j] * X[i, j]
-                p1 += W1[k, j] * X[i, j]
-            out[k, i] = (not S0[k, i]) and ((p0 > 0) != (p1 > 0))
+                w0T[j, k] = W0[b0 + k, j]
+                w1T[j, k] = W1[b0 + k, j]
+        for i in range(n):
+            x0 = X[i, 0]
+            for k in range(bs):
+                p0[k] = w0T[0, k] * x0
+                p1[k] = w1T[0, k] * x0
+            for j in range(1, D):
+                xj = X[i, j]
+                for k in range(bs):
+                    p0[k] += w0T[j, k] * xj
+                    p1[k] += w1T[j, k] * xj
+            for k in range(bs):
+                fb[k] |= (p0[k] > 0) != (p1[k] > 0)
+        for k in range(bs):
+            flag[b0 + k] = fb[k] != 0
 
 
 @njit(cache=True, fastmath=_FM, parallel=True)
-def crossings(W0, W1, X, S0, out, nchunks):
-    """``out[k, i]``: pair (k, i) not in ``S0`` whose pre-activation ``W . x_i`` changed
-    sign between ``W0`` and ``W1`` (bool (M, n))."""
+def crossing_rows(W0, W1, X, flag, nchunks):
+    """``flag[k]``: some pre-activation ``W_k . x_i`` of neuron k changed sign between
+    ``W0`` and ``W1`` (bool (M,))."""
     M = W0.shape[0]
     if nchunks <= 1:
-        _cross_range(W0, W1, X, S0, out, 0, M)
+        _cross_range(W0, W1, X, flag, 0, M)
         return
     for c in prange(nchunks):
         lo_k, hi_k = _bounds(c, nchunks, M)
-        _cross_range(W0, W1, X, S0, out, lo_k, hi_k)
+        _cross_range(W0, W1, X, flag, lo_k, hi_k)
 
 
 # -- entry points, specialised per activation ------------------------------------------

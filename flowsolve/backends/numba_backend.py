@@ -70,6 +70,7 @@ __all__ = ["NumbaBackend"]
 #: elements of a block of pre-activations on the BLAS path (32 MiB in float64)
 _BLAS_BLOCK = 1 << 22
 _NO_MASK = np.ones(1, dtype=np.bool_)     # placeholder when error_norm keeps everything
+_NO_PAIRS = np.zeros(0, dtype=np.intp)    # no sliding pairs
 #: up to this many samples the BLAS path's two products run as Numba row kernels
 SMALL_N = 8
 #: the threaded BLAS path keeps all pre-activations (M x n) up to this many bytes
@@ -364,26 +365,30 @@ class _TwoLayerKernels:
         self.last_r = r
         return float(np.dot(r, r)) / (2.0 * self.n)
 
-    def residual_rate(self, y, f, S, lo):
+    def residual_rate(self, y, f, pairs, lo):
         """Residual ``e`` (n,) at ``y`` and ``de/dt`` along ``f`` for the switching
-        structure (pairs in ``S`` (M, n) bool, or None, held at ``sigma = 0``), one pass
-        (see ``Switching.residual_rate``)."""
+        structure, one pass; the sliding pairs ``pairs = (rows, cols)`` (int arrays, or
+        None) held at ``sigma = 0`` (see ``Switching.residual_rate``)."""
         M, D = self.M, self.D
-        has_S = S is not None
-        Sa = S if has_S else np.zeros((1, 1), dtype=np.bool_)
+        sk, si = pairs if pairs is not None else (_NO_PAIRS, _NO_PAIRS)
         e, rate = tl.residual_rate(y[:M], y[M:].reshape(M, D), f[:M], f[M:].reshape(M, D),
-                                   self.xt, Sa, has_S, float(lo),
+                                   self.xt, np.asarray(sk, dtype=np.intp),
+                                   np.asarray(si, dtype=np.intp), float(lo),
                                    self.be._par(M, self.be.parallel_threshold))
         return self.cf * e - self.Y, self.cf * rate
 
     def crossings(self, y0, y1, S0):
-        """Pairs (bool (M, n)) outside ``S0`` whose pre-activation changed sign from
-        ``y0`` to ``y1``, one pass."""
+        """The pairs outside ``S0`` whose pre-activation changed sign from ``y0`` to
+        ``y1``, compact: ``(rows (r,), sub (r, n) bool)``. One pass flags the neurons; the
+        few flagged rows are then resolved pair by pair."""
         M, D = self.M, self.D
-        out = np.empty((M, self.n), dtype=np.bool_)
-        tl.crossings(y0[M:].reshape(M, D), y1[M:].reshape(M, D), self.xt, S0, out,
-                     self.be._par(M, self.be.parallel_threshold))
-        return out
+        flag = np.empty(M, dtype=np.bool_)
+        W0, W1 = y0[M:].reshape(M, D), y1[M:].reshape(M, D)
+        tl.crossing_rows(W0, W1, self.xt, flag, self.be._par(M, self.be.parallel_threshold))
+        rows = np.flatnonzero(flag)
+        sub = ~S0[rows] & ((W0[rows] @ self.xt.T > 0) != (W1[rows] @ self.xt.T > 0))
+        keep = sub.any(axis=1)
+        return rows[keep], sub[keep]
 
     def neuron_rhs(self, a, W, S, e, XX, lo):
         """Sliding-mode velocities ``(da (q,), dw (q, D), theta (q, n))`` of the neurons

@@ -187,6 +187,13 @@ def controls(xp, g, S, e, XX):
     return theta
 
 
+def compact(xp, B):
+    """A sparse bool matrix ``B`` (M, n) as ``(rows, B[rows])``: the rows with a True
+    entry (r,), sorted, and those rows (r, n)."""
+    rows = _rows_with_any(xp, B)
+    return rows, B[rows]
+
+
 def _rows_with_any(xp, B):
     """Sorted indices of the rows of the bool matrix ``B`` (M, n) with a True entry (the
     flat nonzeros: much faster than ``B.any(axis=1)`` over a short axis when B is sparse)."""
@@ -345,6 +352,8 @@ class Switching:
         self.n_sliding = int(self.c.xp.count_nonzero(S))
         self._rows = _rows_with_any(self.c.xp, S)              # neurons with sliding pairs
         self._sub = S[self._rows]
+        r, i = self.c.xp.nonzero(self._sub)
+        self._pairs = (self._rows[r], i)                       # the sliding pairs (k, i)
 
     def project(self, y, S=None):
         """Put the sliding pairs of ``y`` exactly on their surfaces (in place): each
@@ -367,28 +376,30 @@ class Switching:
         return y
 
     def significant(self, pairs, y, e, h, rtol, atol):
-        """Neurons (bool (M,)) with a crossing pair in ``pairs`` (bool (M, n)) whose kink
-        matters at the tolerance: the jump of the neuron's velocity at the crossing,
+        """Neurons (bool (M,)) with a crossing pair in ``pairs`` whose kink matters at the
+        tolerance: the jump of the neuron's velocity at the crossing,
         ``(c_w/n) |a_k e_i| |x~_i|``, times ``h``, above a tenth of the error scale
-        ``atol + rtol |w_k|``. Smaller kinks are left to the base step's error estimate."""
+        ``atol + rtol |w_k|``. Smaller kinks are left to the base step's error estimate.
+
+        ``pairs`` is ``(rows (r,), sub (r, n) bool)`` as :meth:`crossings` returns it."""
         c = self.c
         xp = c.xp
         M, D = c.M, c.D
         out = xp.zeros(M, dtype=bool)
-        rows = _rows_with_any(xp, pairs)
+        rows, sub = pairs
         if rows.size == 0:
             return out
         jump = (c.cw / c.n) * xp.abs(y[:M][rows])[:, None] * xp.abs(e)[None, :] \
             * xp.sqrt(xp.diagonal(c.XX))[None, :]
         wmax = xp.abs(y[M:].reshape(M, D)[rows]).max(axis=1)
         scale = atol + rtol * wmax
-        out[rows] = (pairs[rows] & (h * jump > 0.1 * scale[:, None])).any(axis=1)
+        out[rows] = (sub & (h * jump > 0.1 * scale[:, None])).any(axis=1)
         return out
 
     def residual_rate(self, y, f):
         """Residual ``e`` (n,) at ``y`` and its rate ``de/dt`` (n,) along ``f = dy/dt``."""
         if self.kernels is not None:
-            return self.kernels.residual_rate(y, f, self.S if self.n_sliding else None,
+            return self.kernels.residual_rate(y, f, self._pairs if self.n_sliding else None,
                                               self.lo)
         c = self.c
         xp = c.xp
@@ -405,11 +416,12 @@ class Switching:
         return e, c.cf * (f[:M] @ h + (a[:, None] * g * vw).sum(axis=0))
 
     def crossings(self, y0, y1, S0):
-        """Pairs (bool (M, n)) outside ``S0`` whose pre-activation changed sign between
-        the states ``y0`` and ``y1`` (the switching events of a step)."""
+        """The pairs outside ``S0`` whose pre-activation changed sign between the states
+        ``y0`` and ``y1`` (the switching events of a step), compact: ``(rows, sub)``, the
+        neurons with such a pair (r,) and their pairs (r, n) bool."""
         if self.kernels is not None:
             return self.kernels.crossings(y0, y1, S0)
-        return ~S0 & ((self.pre(y0) > 0) != (self.pre(y1) > 0))
+        return compact(self.c.xp, ~S0 & ((self.pre(y0) > 0) != (self.pre(y1) > 0)))
 
     def _neuron_rhs(self, a, w, P, S, e):
         """Velocities of neurons (q,), (q, D) with frozen pattern ``P`` (q, n) and sliding

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from ..models.two_layer_structure import HermiteResidual
+from ..models.two_layer_structure import HermiteResidual, compact
 from .rk import StepFailure, pi_factor
 
 __all__ = ["ExpGNStepper", "phi_functions"]
@@ -202,7 +202,8 @@ class ExpGNStepper:
         w1 = y1[M:].reshape(M, D)
         tiny = 1e-10 * xp.sqrt((w1 * w1).sum(axis=1))[:, None] * xp.sqrt(xp.diagonal(c.XX))
         lin1 = self.linearize(y1, S)
-        ev = sw.significant(~S & ((pre0 > 0) != (pre1 > 0)), y1, lin1.e, h, self.rtol, self.atol)
+        ev = sw.significant(compact(xp, ~S & ((pre0 > 0) != (pre1 > 0))), y1, lin1.e, h,
+                            self.rtol, self.atol)
         ev |= (~S & (xp.abs(pre1) <= tiny)).any(axis=1)
         if S.any():
             lo = sw.lo

@@ -74,6 +74,7 @@ class SlidingStepper(RKStepper):
         self.aux_work = 0.0
         xp = backend.xp
         self.S_start = xp.zeros_like(switching.S)
+        self._changed = False              # sliding set differs from S_start
         super().__init__(get_tableau(tableau), switching.rhs, _MaskedBackend(backend, self),
                          y0, rtol=rtol, atol=atol, dt=dt, error_ref=error_ref,
                          status_enum=status_enum)
@@ -94,7 +95,9 @@ class SlidingStepper(RKStepper):
     # -- one trial step with event handling ----------------------------------------------
     def attempt(self, y, h, y_out):
         sw, xp = self.sw, self.be.xp
-        sw.set_sliding(self.S_start.copy())
+        if self._changed:                  # a rejected attempt moved the sliding set
+            sw.set_sliding(self.S_start.copy())
+            self._changed = False
         self.keep = None
         self._rows = 0
         loss_i, row = super().attempt(y, h, y_out)
@@ -103,10 +106,11 @@ class SlidingStepper(RKStepper):
         S0 = self.S_start
         cross = sw.crossings(y, y_out, S0)
         ev = sw.significant(cross, y_out, sw.last_e, h, self.rtol, self.atol)
-        if S0.any():
-            th = sw.last_theta             # at y_out: the last stage (FSAL) is there
+        if sw.n_sliding:                   # releases: controls at y_out (the FSAL stage)
+            srows, sub = sw._rows, sw._sub
+            th = sw.last_theta[srows]
             lo = sw.lo
-            ev |= (S0 & ((th < lo - 1e-12) | (th > 1.0 + 1e-12))).any(axis=1)
+            ev[srows] |= (sub & ((th < lo - 1e-12) | (th > 1.0 + 1e-12))).any(axis=1)
         rows = xp.nonzero(ev)[0]
         if rows.size == 0:
             return loss_i, row
@@ -124,6 +128,7 @@ class SlidingStepper(RKStepper):
         S = S0.copy()
         S[rows] = S1
         sw.set_sliding(S)
+        self._changed = True
         keep = xp.ones(y.shape[0], dtype=bool)
         keep[rows] = False
         keep[M:].reshape(M, D)[rows] = False
@@ -133,6 +138,7 @@ class SlidingStepper(RKStepper):
 
     def step(self, t_stop: float = math.inf, h_min_rel: float = 1e-14):
         self.S_start = self.sw.S.copy()
+        self._changed = False
         self._rows = 0
         super().step(t_stop, h_min_rel)
         if self._rows:
@@ -145,4 +151,5 @@ class SlidingStepper(RKStepper):
         self.sw.set_sliding(self.S_start.copy())
         out = super().state_at(t)
         self.sw.set_sliding(S_end)
+        self._changed = True
         return out
