@@ -339,11 +339,11 @@ def test_compiled_switching_matches_numpy(d, act, parallel):
         np.testing.assert_array_equal(sub, cross[rows])
     np.testing.assert_allclose(fast.pre(y), ref.pre(y), rtol=1e-12, atol=1e-14)
     # the event re-integration: same crossings, slides and releases, same work
-    from flowsolve.models.two_layer_structure import HermiteResidual
+    from flowsolve.models.two_layer_structure import StepResidual
     ref.rhs(y, o_ref)
     h = 50.0
     y1 = y + h * o_ref
-    e_of = HermiteResidual(np, *ref.residual_rate(y, o_ref), *ref.residual_rate(y1, o_ref), h)
+    e_of = StepResidual(np, *ref.residual_rate(y, o_ref), *ref.residual_rate(y1, o_ref), h)
     a, w = y[:m], y[m:].reshape(m, d + 1)
     inputs = (a.copy(), w.copy(), S.copy())
     a_r, w_r, S_r, cost_r = ref.integrate_neurons(a, w, S, e_of, h, 8)

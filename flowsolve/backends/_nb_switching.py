@@ -102,33 +102,41 @@ def _rhs1(a, w, P, S, e, X, XX, ca_n, cw_n, g, dw):
 
 
 @njit(cache=True)
-def _herm(E, h, tau, out):
-    """The cubic Hermite residual ``e(tau)`` (n,) through ``E = (e0, r0, e1, r1)``
-    (4, n) on ``[0, h]``."""
+def _herm(R, h, tau, out):
+    """The step's residual ``e(tau)`` (n,) on ``[0, h]`` (``StepResidual``): the cubic
+    Hermite interpolant ``R[0] = (e0, r0, e1, r1)`` (4, n) plus the linear modes
+    ``sum_j V_j exp(-tau lam_j) c_j`` with ``R[1] = V^T`` (r, n), ``R[2] = (lam, c)``
+    (2, r) (r = 0: none)."""
+    E, VT, LC = R
     s = tau / h
     h00 = (1 + 2 * s) * (1 - s) ** 2
     h10 = h * (s * (1 - s) ** 2)
     h01 = s * s * (3 - 2 * s)
     h11 = h * (s * s * (s - 1))
-    for i in range(out.shape[0]):
+    n = out.shape[0]
+    for i in range(n):
         out[i] = h00 * E[0, i] + h10 * E[1, i] + h01 * E[2, i] + h11 * E[3, i]
+    for j in range(VT.shape[0]):
+        cj = np.exp(-tau * LC[0, j]) * LC[1, j]
+        for i in range(n):
+            out[i] += cj * VT[j, i]
 
 
 @njit(cache=True)
-def _rk4(a, w, P, S, E, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w_out):
+def _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w_out):
     """One classical RK4 step of one neuron from ``t0`` by ``dt``; writes ``w_out``
     (D,), returns the new ``a``. ``e``, ``g`` (n,), ``kw`` (4, D), ``wt`` (D,): scratch."""
     D = w.shape[0]
-    _herm(E, h, t0, e)
+    _herm(R, h, t0, e)
     k1 = _rhs1(a, w, P, S, e, X, XX, ca_n, cw_n, g, kw[0])
-    _herm(E, h, t0 + 0.5 * dt, e)
+    _herm(R, h, t0 + 0.5 * dt, e)
     for j in range(D):
         wt[j] = w[j] + 0.5 * dt * kw[0, j]
     k2 = _rhs1(a + 0.5 * dt * k1, wt, P, S, e, X, XX, ca_n, cw_n, g, kw[1])
     for j in range(D):
         wt[j] = w[j] + 0.5 * dt * kw[1, j]
     k3 = _rhs1(a + 0.5 * dt * k2, wt, P, S, e, X, XX, ca_n, cw_n, g, kw[2])
-    _herm(E, h, t0 + dt, e)
+    _herm(R, h, t0 + dt, e)
     for j in range(D):
         wt[j] = w[j] + dt * kw[2, j]
     k4 = _rhs1(a + dt * k3, wt, P, S, e, X, XX, ca_n, cw_n, g, kw[3])
@@ -146,6 +154,22 @@ def _dot_row(w, X, i):
 
 
 @njit(cache=True)
+def _dip(p0, b, p1, up):
+    """``two_layer_structure.dip_fraction`` for one pair: the first root in [0, 1] of the
+    quadratic through ``p0`` (rate ``b``) and ``p1`` where it leaves its side (``up``:
+    the active side) and comes back inside the interval, else 2.0."""
+    c = p1 - p0 - b
+    if c == 0.0 or (b >= 0 if up else b <= 0):
+        return 2.0
+    s_ext = -b / (2.0 * c)
+    ext = p0 - b * b / (4.0 * c)
+    if not (s_ext > 0 and s_ext < 1 and (ext < 0 if up else ext > 0)):
+        return 2.0
+    root = 2.0 * abs(p0) / (abs(b) + np.sqrt(max(b * b - 4.0 * c * p0, 0.0)))
+    return min(max(root, 0.0), 1.0)
+
+
+@njit(cache=True)
 def _onto_surface(w, X, XX, i):
     """Project ``w`` (D,) onto ``w . x~_i = 0`` along ``x~_i``."""
     c = _dot_row(w, X, i) / XX[i, i]
@@ -154,7 +178,7 @@ def _onto_surface(w, X, XX, i):
 
 
 @njit(cache=True)
-def _one_neuron(a, w, S, E, h, substeps, X, XX, lo, ca_n, cw_n,
+def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
                 P, e, g, kw, wt, w1, wr):
     """``Switching.integrate_neurons`` for one neuron, in place on ``w`` (D,) and ``S``
     (n,); returns ``(a, neuron-RHS evaluations)``. The other arguments after ``cw_n`` are
@@ -166,9 +190,11 @@ def _one_neuron(a, w, S, E, h, substeps, X, XX, lo, ca_n, cw_n,
     stages = 0
     for sub in range(substeps):
         t0 = sub * h / substeps
-        a1 = _rk4(a, w, P, S, E, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w1)
+        a1 = _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w1)
         stages += 4
-        # the first crossing of the substep: the smallest interpolated fraction
+        # the first event of the substep: the smallest fraction, interpolated for a
+        # crossing, from the quadratic for an excursion across and back (kw[0]: the
+        # velocity at the substep's start)
         first = -1
         fmin = 2.0
         for i in range(n):
@@ -178,17 +204,19 @@ def _one_neuron(a, w, S, E, h, substeps, X, XX, lo, ca_n, cw_n,
             p1 = _dot_row(w1, X, i)
             if (P[i] == 1.0 and p1 < 0) or (P[i] != 1.0 and p1 > 0):
                 fr = min(max(p0 / (p0 - p1), 0.0), 1.0)
-                if fr < fmin:
-                    fmin = fr
-                    first = i
+            else:                               # across the surface and back
+                fr = _dip(p0, dt * _dot_row(kw[0], X, i), p1, P[i] == 1.0)
+            if fr < fmin:
+                fmin = fr
+                first = i
         if first >= 0:
             f = fmin
             i = first
-            ar = _rk4(a, w, P, S, E, h, t0, f * dt, X, XX, ca_n, cw_n, e, g, kw, wt, wr)
+            ar = _rk4(a, w, P, S, R, h, t0, f * dt, X, XX, ca_n, cw_n, e, g, kw, wt, wr)
             _onto_surface(wr, X, XX, i)
             # slide or cross: the equivalent control with pair i free
             tm = t0 + f * dt
-            _herm(E, h, tm, e)
+            _herm(R, h, tm, e)
             for i2 in range(n):
                 g[i2] = 0.0 if (S[i2] or i2 == i) else P[i2]
             S[i] = True
@@ -199,7 +227,7 @@ def _one_neuron(a, w, S, E, h, substeps, X, XX, lo, ca_n, cw_n,
                 P[i] = lo if P[i] == 1.0 else 1.0
             for j in range(D):
                 wt[j] = wr[j]
-            a1 = _rk4(ar, wt, P, S, E, h, tm, (1.0 - f) * dt, X, XX, ca_n, cw_n,
+            a1 = _rk4(ar, wt, P, S, R, h, tm, (1.0 - f) * dt, X, XX, ca_n, cw_n,
                       e, g, kw, wr, w1)
             stages += 8
             # later crossings inside the same substep: follow the sign at its end
@@ -215,7 +243,7 @@ def _one_neuron(a, w, S, E, h, substeps, X, XX, lo, ca_n, cw_n,
             if S[i]:
                 ns += 1
         if ns:
-            _herm(E, h, t0 + h / substeps, e)
+            _herm(R, h, t0 + h / substeps, e)
             for i in range(n):
                 g[i] = 0.0 if S[i] else P[i]
             _controls(g, S, e, XX)
@@ -236,7 +264,7 @@ def _one_neuron(a, w, S, E, h, substeps, X, XX, lo, ca_n, cw_n,
 
 
 @njit(cache=True)
-def _neuron_range(a, W, S, E, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1):
+def _neuron_range(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1):
     n, D = X.shape
     P = np.empty(n)
     e = np.empty(n)
@@ -246,25 +274,25 @@ def _neuron_range(a, W, S, E, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1):
     w1 = np.empty(D)
     wr = np.empty(D)
     for k in range(k0, k1):
-        a[k], cost[k] = _one_neuron(a[k], W[k], S[k], E, h, substeps, X, XX, lo, ca_n,
+        a[k], cost[k] = _one_neuron(a[k], W[k], S[k], R, h, substeps, X, XX, lo, ca_n,
                                     cw_n, P, e, g, kw, wt, w1, wr)
 
 
 @njit(cache=True, parallel=True)
-def integrate_neurons(a, W, S, E, h, substeps, X, XX, lo, ca_n, cw_n, nchunks):
+def integrate_neurons(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, nchunks):
     """Integrate the neurons ``a`` (q,), ``W`` (q, D) and their sliding pairs ``S``
-    (q, n) through their switching events over ``[0, h]`` against the Hermite residual
-    ``E = (e0, r0, e1, r1)`` (4, n), in place; returns the work in neuron-RHS
+    (q, n) through their switching events over ``[0, h]`` against the step's residual
+    ``R`` (see :func:`_herm`), in place; returns the work in neuron-RHS
     evaluations summed over the neurons (float64 arrays, C order)."""
     q = a.shape[0]
     cost = np.zeros(q)
     if nchunks <= 1:
-        _neuron_range(a, W, S, E, h, substeps, X, XX, lo, ca_n, cw_n, cost, 0, q)
+        _neuron_range(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, cost, 0, q)
     else:
         for c in prange(nchunks):
             k0 = c * q // nchunks
             k1 = (c + 1) * q // nchunks
-            _neuron_range(a, W, S, E, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1)
+            _neuron_range(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1)
     return cost.sum()
 
 

@@ -26,59 +26,71 @@ _FM = {"reassoc", "nsz", "contract"}
 _KERNELS = {}
 
 
+@njit(inline="always")
+def _layer1(pre1, s1, H, m1, code):
+    """``pre1`` (M1, n) -> ``H[c, :m1]`` = sigma, ``pre1`` <- sigma' (in place)."""
+    M1, n = pre1.shape
+    for k in range(M1):
+        c, r = k // m1, k % m1
+        row = pre1[k]
+        hrow = H[c, r]
+        for i in range(n):
+            h, g = sd(s1 * row[i], code)
+            hrow[i] = h
+            row[i] = g
+
+@njit(inline="always")
+def _layer2(U2, s2, a, H2, f, code):
+    """``H2 = sigma(s2 U2)``, ``f += H2^T a``, ``U2 <- sigma'(s2 U2)``."""
+    M2, n = U2.shape
+    for k in range(M2):
+        ak = a[k]
+        row = U2[k]
+        hrow = H2[k]
+        for i in range(n):
+            h, g = sd(s2 * row[i], code)
+            hrow[i] = h
+            f[i] += ak * h
+            row[i] = g
+
+@njit(inline="always")
+def _delta(U2, H2, a, e, cfq, g3, o3):
+    """``o3 = g3 H2 e``; ``U2 <- cfq a_k U2 e`` (in place)."""
+    M2, n = U2.shape
+    for k in range(M2):
+        row = U2[k]
+        hrow = H2[k]
+        acc = 0.0
+        ck = cfq * a[k]
+        for i in range(n):
+            acc += hrow[i] * e[i]
+            row[i] = ck * row[i] * e[i]
+        o3[k] = g3 * acc
+
+@njit(inline="always")
+def _back(G, pre1, r, c, m1):
+    """``pre1[c m1 + k, i] *= r G[i, k]`` for the copy ``c`` (G: (n, m1 + 1))."""
+    n = G.shape[0]
+    for k in range(m1):
+        row = pre1[c * m1 + k]
+        for i in range(n):
+            row[i] = r * G[i, k] * row[i]
+
+
 def kernels(code: int) -> SimpleNamespace:
     """Entry kernels for activation ``code`` (compiled or loaded from cache on first use)."""
     if code in _KERNELS:
         return _KERNELS[code]
 
+    # the closures capture only ``code`` (an int): a captured dispatcher would change the
+    # cache key in every process and recompile them each time
     def layer1(pre1, s1, H, m1):
-        """``pre1`` (M1, n) -> ``H[c, :m1]`` = sigma, ``pre1`` <- sigma' (in place)."""
-        M1, n = pre1.shape
-        for k in range(M1):
-            c, r = k // m1, k % m1
-            row = pre1[k]
-            hrow = H[c, r]
-            for i in range(n):
-                h, g = sd(s1 * row[i], code)
-                hrow[i] = h
-                row[i] = g
+        _layer1(pre1, s1, H, m1, code)
 
     def layer2(U2, s2, a, H2, f):
-        """``H2 = sigma(s2 U2)``, ``f += H2^T a``, ``U2 <- sigma'(s2 U2)``."""
-        M2, n = U2.shape
-        for k in range(M2):
-            ak = a[k]
-            row = U2[k]
-            hrow = H2[k]
-            for i in range(n):
-                h, g = sd(s2 * row[i], code)
-                hrow[i] = h
-                f[i] += ak * h
-                row[i] = g
-
-    def delta(U2, H2, a, e, cfq, g3, o3):
-        """``o3 = g3 H2 e``; ``U2 <- cfq a_k U2 e`` (in place)."""
-        M2, n = U2.shape
-        for k in range(M2):
-            row = U2[k]
-            hrow = H2[k]
-            acc = 0.0
-            ck = cfq * a[k]
-            for i in range(n):
-                acc += hrow[i] * e[i]
-                row[i] = ck * row[i] * e[i]
-            o3[k] = g3 * acc
-
-    def back(G, pre1, r, c, m1):
-        """``pre1[c m1 + k, i] *= r G[i, k]`` for the copy ``c`` (G: (n, m1 + 1))."""
-        n = G.shape[0]
-        for k in range(m1):
-            row = pre1[c * m1 + k]
-            for i in range(n):
-                row[i] = r * G[i, k] * row[i]
+        _layer2(U2, s2, a, H2, f, code)
 
     jit = njit(cache=True, fastmath=_FM)
-    L1, L2, DL, BK = jit(layer1), jit(layer2), jit(delta), jit(back)
 
     def rhs(y, out, sizes, XtT, Xt, H, pre1, U2, H2, Y, coef):
         """The whole RHS in one call (the products by ``np.dot``, i.e. BLAS, without a
@@ -90,20 +102,20 @@ def kernels(code: int) -> SimpleNamespace:
         w2 = y[n1:n1 + n2].reshape((M2, m1 + 1))
         a = y[n1 + n2:]
         np.dot(w1, XtT, pre1)
-        L1(pre1, s1, H, m1)
+        _layer1(pre1, s1, H, m1, code)
         for c in range(C):
             np.dot(w2[c * m2:(c + 1) * m2], H[c], U2[c * m2:(c + 1) * m2])
         f = np.zeros(Y.shape[0])
-        L2(U2, s2, a, H2, f)
+        _layer2(U2, s2, a, H2, f, code)
         r = cf * f - Y
         e = r.astype(pre1.dtype)
         o1 = out[:n1].reshape((M1, D))
         o2 = out[n1:n1 + n2].reshape((M2, m1 + 1))
-        DL(U2, H2, a, e, cf * q, g3, out[n1 + n2:])
+        _delta(U2, H2, a, e, cf * q, g3, out[n1 + n2:])
         if g1 != 0.0:
             for c in range(C):
                 G = np.dot(U2[c * m2:(c + 1) * m2].T, w2[c * m2:(c + 1) * m2])
-                BK(G, pre1, g1 / q, c, m1)
+                _back(G, pre1, g1 / q, c, m1)
             np.dot(pre1, Xt, o1)
         else:
             o1[:, :] = 0.0
@@ -114,7 +126,7 @@ def kernels(code: int) -> SimpleNamespace:
             o2[:, :] = 0.0
         return np.dot(r, r) / (2.0 * r.shape[0])
 
-    ns = SimpleNamespace(layer1=L1, layer2=L2, delta=DL, back=BK, rhs=jit(rhs))
+    ns = SimpleNamespace(layer1=jit(layer1), layer2=jit(layer2), rhs=jit(rhs))
     _KERNELS[code] = ns
     return ns
 

@@ -416,6 +416,38 @@ def crossing_rows(W0, W1, X, flag, nchunks):
         _cross_range(W0, W1, X, flag, lo_k, hi_k)
 
 
+# -- the network output, shared by the forward and RHS entry points -------------------
+@njit(inline="always")
+def _forward_serial(y, M, xs, code):
+    n, D = xs.shape
+    if D == 2:
+        X = _pack4(xs)
+        f4 = np.zeros(4 * X.shape[0])
+        _fwd4_chunk(y[:M], y[M:], X, code, f4)
+        return f4[:n].copy()
+    f = np.zeros(n)
+    _fwd_chunk(y[:M], y[M:], xs, code, f)
+    return f
+
+
+@njit(inline="always")
+def _forward_parallel(y, M, xs, nchunks, code):
+    n, D = xs.shape
+    X = _pack4(xs) if D == 2 else xs[:0]
+    width = 4 * X.shape[0] if D == 2 else n
+    part = np.zeros((nchunks, width))
+    for c in prange(nchunks):
+        lo, hi = _bounds(c, nchunks, M)
+        if D == 2:
+            _fwd4_chunk(y[lo:hi], y[M + 2 * lo:M + 2 * hi], X, code, part[c])
+        else:
+            _fwd_chunk(y[lo:hi], y[M + lo * D:M + hi * D], xs, code, part[c])
+    f = np.zeros(n)
+    for c in range(nchunks):
+        f += part[c, :n]
+    return f
+
+
 # -- entry points, specialised per activation ------------------------------------------
 _KERNELS = {}
 
@@ -440,32 +472,13 @@ def kernels(code: int) -> SimpleNamespace:
     if code in _KERNELS:
         return _KERNELS[code]
 
+    # the closures capture only ``code`` (an int): a captured dispatcher would change the
+    # cache key in every process and recompile them each time
     def forward_serial(y, M, xs):
-        n, D = xs.shape
-        if D == 2:
-            X = _pack4(xs)
-            f4 = np.zeros(4 * X.shape[0])
-            _fwd4_chunk(y[:M], y[M:], X, code, f4)
-            return f4[:n].copy()
-        f = np.zeros(n)
-        _fwd_chunk(y[:M], y[M:], xs, code, f)
-        return f
+        return _forward_serial(y, M, xs, code)
 
     def forward_parallel(y, M, xs, nchunks):
-        n, D = xs.shape
-        X = _pack4(xs) if D == 2 else xs[:0]
-        width = 4 * X.shape[0] if D == 2 else n
-        part = np.zeros((nchunks, width))
-        for c in prange(nchunks):
-            lo, hi = _bounds(c, nchunks, M)
-            if D == 2:
-                _fwd4_chunk(y[lo:hi], y[M + 2 * lo:M + 2 * hi], X, code, part[c])
-            else:
-                _fwd_chunk(y[lo:hi], y[M + lo * D:M + hi * D], xs, code, part[c])
-        f = np.zeros(n)
-        for c in range(nchunks):
-            f += part[c, :n]
-        return f
+        return _forward_parallel(y, M, xs, nchunks, code)
 
     serial = njit(cache=True, fastmath=_FM)
     parallel = njit(cache=True, fastmath=_FM, parallel=True)
@@ -473,7 +486,7 @@ def kernels(code: int) -> SimpleNamespace:
 
     def rhs_serial(y, out, M, xs, xt, Y, cf, ca_n, cw_n):
         n, D = xs.shape
-        r = cf * fwd_serial(y, M, xs) - Y
+        r = cf * _forward_serial(y, M, xs, code) - Y
         if D == 2:
             X, T = _pack4(xs), _pack4(xt)
             _bwd4_chunk(y[:M], y[M:], X, T, _errors4(r, X.shape[0], y), code, ca_n, cw_n,
@@ -485,7 +498,7 @@ def kernels(code: int) -> SimpleNamespace:
 
     def rhs_parallel(y, out, M, xs, xt, Y, cf, ca_n, cw_n, nchunks):
         n, D = xs.shape
-        r = cf * fwd_parallel(y, M, xs, nchunks) - Y
+        r = cf * _forward_parallel(y, M, xs, nchunks, code) - Y
         e = r.astype(y.dtype)
         if D == 2:
             X, T = _pack4(xs), _pack4(xt)

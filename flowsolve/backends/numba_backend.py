@@ -405,16 +405,16 @@ class _TwoLayerKernels:
 
     def integrate_neurons(self, a, W, S, e_of, h, substeps, XX, lo):
         """``Switching.integrate_neurons`` compiled: the event neurons ``a`` (q,), ``W``
-        (q, D), ``S`` (q, n) through their events against the Hermite residual ``e_of``
+        (q, D), ``S`` (q, n) through their events against the step's residual ``e_of``
         over ``[0, h]``; returns ``(a, W, S, cost)`` (new arrays; cost in neuron-RHS
         evaluations summed over the neurons). Threads from ``parallel_threshold``
         neuron-sample pairs."""
         a = np.array(a, dtype=self.dtype)
         W = np.array(W, dtype=self.dtype, order="C")
         S = np.array(S, dtype=np.bool_, order="C")
-        E = np.ascontiguousarray(e_of.table, dtype=self.dtype)
+        R = tuple(np.ascontiguousarray(t, dtype=self.dtype) for t in e_of.table)
         nc = self.be._par(a.shape[0] * self.n * self.D, self.be.parallel_threshold)
-        cost = sw.integrate_neurons(a, W, S, E, float(h), int(substeps), self.xt, XX,
+        cost = sw.integrate_neurons(a, W, S, R, float(h), int(substeps), self.xt, XX,
                                     float(lo), self.ca_n, self.cw_n, max(nc, 1))
         return a, W, S, float(cost)
 

@@ -22,7 +22,7 @@ products ``J v``, ``C J^T u`` costs about half an RHS; the Gram matrix costs
 
 from __future__ import annotations
 
-__all__ = ["HermiteResidual", "Linearization", "Switching", "controls", "make_linearize"]
+__all__ = ["StepResidual", "dip_fraction", "Linearization", "Switching", "controls", "make_linearize"]
 
 
 class _Consts:
@@ -187,6 +187,25 @@ def controls(xp, g, S, e, XX):
     return theta
 
 
+def dip_fraction(xp, p0, b, p1, P):
+    """Where a pre-activation leaves its side of the surface inside an interval and comes
+    back: ``p(s) = p0 + b s + c s^2`` on ``s`` in [0, 1] with ``c = p1 - p0 - b``
+    (value ``p0`` and rate ``b`` (per unit ``s``) at the start, ``p1`` at the end) dips
+    below 0 on the active side (``P == 1``) or rises above it on the other. Returns the
+    first root ``s`` of ``p`` (arrays of the broadcast shape), 2.0 where there is no such
+    excursion (the ends' signs tell the ordinary crossings)."""
+    c = p1 - p0 - b
+    up = P == 1.0
+    inward = xp.where(up, b < 0, b > 0) & (c != 0)
+    safe_c = xp.where(inward, c, 1.0)
+    s_ext = -b / (2.0 * safe_c)
+    ext = p0 - b * b / (4.0 * safe_c)
+    dip = inward & (s_ext > 0) & (s_ext < 1) & xp.where(up, ext < 0, ext > 0)
+    disc = xp.maximum(b * b - 4.0 * c * p0, 0.0)
+    root = 2.0 * xp.abs(p0) / xp.where(dip, xp.abs(b) + xp.sqrt(disc), 1.0)
+    return xp.where(dip, xp.clip(root, 0.0, 1.0), 2.0)
+
+
 def compact(xp, B):
     """A sparse bool matrix ``B`` (M, n) as ``(rows, B[rows])``: the rows with a True
     entry (r,), sorted, and those rows (r, n)."""
@@ -200,9 +219,16 @@ def _rows_with_any(xp, B):
     return xp.unique(xp.flatnonzero(B) // B.shape[1])
 
 
-class HermiteResidual:
-    """The residual over one step ``[0, h]`` as the cubic Hermite interpolant through its
-    values and rates at both ends (the event re-integration's ``e(tau)``).
+class StepResidual:
+    """The residual ``e(tau)`` over one step ``[0, h]``, for the event re-integration.
+
+    A cubic Hermite interpolant through the residual's values and rates at both ends,
+    optionally on top of *linear modes*: with ``modes = (V, lam)`` (V (n, r) orthonormal
+    columns, lam (r,) >= 0, the eigenpairs of the Gauss-Newton Gram matrix ``K/n`` at the
+    step's start) the linearised residual ``V exp(-tau lam) V^T e0`` is taken exactly
+    and the Hermite interpolant carries only the rest. Over steps much longer than
+    ``1/lam_max`` (the exponential integrator's) a cubic cannot follow ``exp(-tau lam)``;
+    the modes can.
 
     Parameters
     ----------
@@ -210,24 +236,44 @@ class HermiteResidual:
         Residual and ``de/dt`` at ``tau = 0`` and ``tau = h``.
     h : float
         Step size (time units).
+    modes : tuple (V, lam), optional
 
     Calling it with ``tau`` a scalar gives ``e`` (n,); with ``tau`` (q,), (q, n).
-    ``table`` (4, n) stacks ``(e0, r0, e1, r1)`` for compiled kernels.
+    ``table`` is ``(H, V^T, (lam, c))``: the Hermite data (4, n), the modes (r, n) and
+    their rates and coefficients (2, r), for compiled kernels.
     """
 
-    def __init__(self, xp, e0, r0, e1, r1, h):
+    def __init__(self, xp, e0, r0, e1, r1, h, modes=None):
         self.xp = xp
-        self.h = float(h)
-        self.table = xp.stack([e0, r0, e1, r1])
+        self.h = h = float(h)
+        n = e0.shape[0]
+        if modes is None:
+            VT = xp.zeros((0, n), dtype=e0.dtype)
+            LC = xp.zeros((2, 0), dtype=e0.dtype)
+        else:
+            V, lam = (xp.asarray(a, dtype=e0.dtype) for a in modes)
+            c = V.T @ e0
+            ex = xp.exp(-h * lam)
+            e0 = e0 - V @ c                       # the Hermite part: what the modes miss
+            r0 = r0 + V @ (lam * c)
+            e1 = e1 - V @ (ex * c)
+            r1 = r1 + V @ (lam * ex * c)
+            VT, LC = xp.ascontiguousarray(V.T), xp.stack([lam, c])
+        self.table = (xp.stack([e0, r0, e1, r1]), VT, LC)
 
     def __call__(self, tau):
         xp, h = self.xp, self.h
-        e0, r0, e1, r1 = self.table
-        s = xp.asarray(tau, dtype=self.table.dtype) / h
+        H, VT, LC = self.table
+        e0, r0, e1, r1 = H
+        tau = xp.asarray(tau, dtype=H.dtype)
+        s = tau / h
         s = s[..., None] if s.ndim else s
         h00, h10 = (1 + 2 * s) * (1 - s) ** 2, s * (1 - s) ** 2
         h01, h11 = s * s * (3 - 2 * s), s * s * (s - 1)
-        return h00 * e0 + (h * h10) * r0 + h01 * e1 + (h * h11) * r1
+        out = h00 * e0 + (h * h10) * r0 + h01 * e1 + (h * h11) * r1
+        if VT.shape[0]:
+            out = out + (xp.exp(-tau[..., None] * LC[0]) * LC[1]) @ VT
+        return out
 
 
 class Switching:
@@ -438,7 +484,8 @@ class Switching:
         return da, dw
 
     def _rk4(self, a, w, P, S, e_of, t0, dt):
-        """One classical RK4 step of the neurons (per-neuron step ``dt`` (q,))."""
+        """One classical RK4 step of the neurons (per-neuron step ``dt`` (q,)); returns
+        ``a1, w1`` and the input weights' velocity at the start (q, D)."""
         k1 = self._neuron_rhs(a, w, P, S, e_of(t0))
         k2 = self._neuron_rhs(a + 0.5 * dt * k1[0], w + (0.5 * dt)[:, None] * k1[1], P, S,
                               e_of(t0 + 0.5 * dt))
@@ -447,16 +494,19 @@ class Switching:
         k4 = self._neuron_rhs(a + dt * k3[0], w + dt[:, None] * k3[1], P, S, e_of(t0 + dt))
         a1 = a + dt / 6.0 * (k1[0] + 2 * k2[0] + 2 * k3[0] + k4[0])
         w1 = w + (dt / 6.0)[:, None] * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
-        return a1, w1
+        return a1, w1, k1[1]
 
     def integrate_neurons(self, a, w, S, e_of, h, substeps=8):
         """Integrate a few neurons through their switching events over ``[0, h]``.
 
-        The residual is a given function of time ``e_of(tau)`` (n,) (a Hermite
-        interpolant of the step: the neurons' feedback on ``e`` is neglected within the
+        The residual is a given function of time ``e_of(tau)`` (n,) (a
+        :class:`StepResidual`: the neurons' feedback on ``e`` is neglected within the
         step). In each of ``substeps`` RK4 substeps the activation pattern is frozen; the
         first crossing ``w_k . x~_i = 0`` of a neuron inside a substep is located by
-        linear interpolation of the pre-activation, the neuron is stepped to it, put on
+        linear interpolation of the pre-activation (or, for an excursion across the
+        surface and back that the substep's ends do not show, by the quadratic through
+        the start's value and rate and the end's value: :func:`dip_fraction`), the
+        neuron is stepped to it, put on
         the surface, and either slides (the equivalent control lies in ``[lo, 1]``:
         attractive surface) or crosses (pattern flipped); the rest of the substep follows
         with the new pattern. Sliding pairs whose control leaves ``[lo, 1]`` are released
@@ -468,7 +518,7 @@ class Switching:
         w : array (q, D)
         S : bool array (q, n)
             Sliding pairs at ``tau = 0`` (copied).
-        e_of : HermiteResidual
+        e_of : StepResidual
             ``tau -> e`` (n,), ``tau`` a scalar or an array (q,) (then ``e`` is (q, n)).
         h : float
         substeps : int
@@ -496,19 +546,22 @@ class Switching:
         stages = 0
         for sub in range(substeps):
             t0 = sub * h / substeps
-            a1, w1 = self._rk4(a, w, P, S, e_of, t0, dt)
+            a1, w1, dw0 = self._rk4(a, w, P, S, e_of, t0, dt)
             stages += 4 * q
             pre0, pre1 = w @ c.XtT, w1 @ c.XtT
             cross = ~S & (((P == 1.0) & (pre1 < 0)) | ((P != 1.0) & (pre1 > 0)))
-            rows = xp.nonzero(cross.any(axis=1))[0]
+            # excursions across a surface and back inside the substep
+            dip = dip_fraction(xp, pre0, (dw0 @ c.XtT) * dt[:, None], pre1, P)
+            dip = xp.where(S | cross, 2.0, dip)
+            rows = xp.nonzero((cross | (dip <= 1.0)).any(axis=1))[0]
             if rows.size:
                 frac = xp.clip(pre0[rows] / xp.where(cross[rows], pre0[rows] - pre1[rows],
                                                      1.0), 0.0, 1.0)
-                frac = xp.where(cross[rows], frac, 2.0)     # the first crossing pair
+                frac = xp.where(cross[rows], frac, dip[rows])   # the first event pair
                 i = xp.argmin(frac, axis=1)
                 f = frac[xp.arange(rows.size), i]
                 Pr, Sr = P[rows], S[rows]
-                ar, wr = self._rk4(a[rows], w[rows], Pr, Sr, e_of, t0, f * dt[rows])
+                ar, wr, _ = self._rk4(a[rows], w[rows], Pr, Sr, e_of, t0, f * dt[rows])
                 X = c.Xt[i]
                 wr -= ((wr * X).sum(axis=1) / XXd[i])[:, None] * X    # onto the surface
                 # slide or cross: the equivalent control with pair i free
@@ -523,7 +576,7 @@ class Switching:
                 flip = ~slide
                 Pr[xp.arange(rows.size)[flip], i[flip]] = xp.where(
                     Pr[xp.arange(rows.size)[flip], i[flip]] == 1.0, lo, 1.0)
-                ar, wr = self._rk4(ar, wr, Pr, Sr, e_of, tm, (1.0 - f) * dt[rows])
+                ar, wr, _ = self._rk4(ar, wr, Pr, Sr, e_of, tm, (1.0 - f) * dt[rows])
                 stages += 8 * rows.size
                 a1[rows], w1[rows], P[rows], S[rows] = ar, wr, Pr, Sr
                 # later crossings inside the same substep: follow the sign at its end

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from ..models.two_layer_structure import HermiteResidual, compact
+from ..models.two_layer_structure import StepResidual, compact, dip_fraction
 from .rk import StepFailure, pi_factor
 
 __all__ = ["ExpGNStepper", "phi_functions"]
@@ -112,6 +112,7 @@ class ExpGNStepper:
         self.y = y0.copy()
         self.y_old = y0.copy()
         self.fU = backend.empty(y0.shape, y0.dtype)
+        self._f_of = self._f_at = None           # the flow at the last point asked for
         self._set_point(self.y)
         self.old = self.cur
         self.loss = self.loss_old = self.cur[0].loss
@@ -189,6 +190,8 @@ class ExpGNStepper:
         self.njev_f += 1.5
         self.xp.add(U, err, out=y_out)
         self._jd = (e0, -self._apply(V, lam, e0))      # e and de/dt at y (de/dt = -K e/n)
+        self._lin0 = lin
+        self._V, self._lam = V, lam                     # the linear modes of the step
         return err
 
     def _events(self, y, h, y1, S):
@@ -202,8 +205,15 @@ class ExpGNStepper:
         w1 = y1[M:].reshape(M, D)
         tiny = 1e-10 * xp.sqrt((w1 * w1).sum(axis=1))[:, None] * xp.sqrt(xp.diagonal(c.XX))
         lin1 = self.linearize(y1, S)
-        ev = sw.significant(compact(xp, ~S & ((pre0 > 0) != (pre1 > 0))), y1, lin1.e, h,
-                            self.rtol, self.atol)
+        # crossings, and excursions across a surface and back within the step (the
+        # quadratic through the pre-activation's value and rate at y and its value at y1;
+        # a step spans many 1/lam, so a neuron starting near a surface can cross and
+        # return between the ends)
+        rate0 = sw.pre(self._velocity(self._lin0)) * h
+        P0 = xp.where(pre0 > 0, 1.0, sw.lo)
+        pairs = ~S & (((pre0 > 0) != (pre1 > 0)) | (dip_fraction(xp, pre0, rate0, pre1, P0) <= 1))
+        self.aux_work += 0.5
+        ev = sw.significant(compact(xp, pairs), y1, lin1.e, h, self.rtol, self.atol)
         ev |= (~S & (xp.abs(pre1) <= tiny)).any(axis=1)
         if S.any():
             lo = sw.lo
@@ -215,9 +225,9 @@ class ExpGNStepper:
         e1 = lin1.e
         r1 = -(lin1.gram() @ e1) / self.n             # de/dt at y1
         self.aux_work += 0.5 + self.linearize.gram_cost
-        e_of = HermiteResidual(xp, e0, r0, e1, r1, h)
+        e_of = StepResidual(xp, e0, r0, e1, r1, h, modes=(self._V, self._lam))
         a1, w1, S1, cost = sw.integrate_neurons(y[:M][rows], y[M:].reshape(M, D)[rows],
-                                                S[rows], e_of, h, self.substeps)
+                                                S[rows], e_of, h, self._substeps(h))
         self.aux_work += cost / M
         y1[:M][rows] = a1
         y1[M:].reshape(M, D)[rows] = w1
@@ -227,6 +237,22 @@ class ExpGNStepper:
         keep[rows] = False
         keep[M:].reshape(M, D)[rows] = False
         return keep, S_new, rows.size
+
+    def _substeps(self, h):
+        """RK4 substeps of the event re-integration over a step ``h``: ``substeps`` per
+        ``1/lam_max`` (the residual's fastest time scale), at least ``substeps``. The
+        neurons are re-integrated against ``e(tau)``; a neuron whose pre-activation turns
+        back just short of a surface is decided by that integration's accuracy."""
+        lmax = float(self._lam[-1]) if self._lam.size else 0.0
+        return max(self.substeps, math.ceil(self.substeps * h * lmax))
+
+    def _velocity(self, lin):
+        """The flow ``-C J^T e / n`` at the linearisation ``lin`` (kept for its point)."""
+        if self._f_of is not lin:
+            self._f_at = lin.cjt(-lin.e / self.n)
+            self._f_of = lin
+            self.njev_f += 0.5
+        return self._f_at
 
     def _norm(self, y, y1, err, keep=None):
         xp = self.xp

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from ..models.two_layer_structure import HermiteResidual
+from ..models.two_layer_structure import StepResidual
 from .rk import RKStepper
 from .tableaus import get_tableau
 
@@ -118,7 +118,7 @@ class SlidingStepper(RKStepper):
         e0, r0 = sw.residual_rate(y, self.K[0])
         e1, r1 = sw.residual_rate(y_out, self.K[row])
         self.aux_work += 2.0
-        e_of = HermiteResidual(xp, e0, r0, e1, r1, h)
+        e_of = StepResidual(xp, e0, r0, e1, r1, h)
         a0 = y[:M][rows]
         w0 = y[M:].reshape(M, D)[rows]
         a1, w1, S1, cost = sw.integrate_neurons(a0, w0, S0[rows], e_of, h, self.substeps)
