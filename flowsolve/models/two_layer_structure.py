@@ -22,7 +22,8 @@ products ``J v``, ``C J^T u`` costs about half an RHS; the Gram matrix costs
 
 from __future__ import annotations
 
-__all__ = ["StepResidual", "dip_fraction", "Linearization", "Switching", "controls", "make_linearize"]
+__all__ = ["Linearization", "StepResidual", "Switching", "controls", "dip_fraction",
+           "make_linearize"]
 
 
 class _Consts:
