@@ -297,6 +297,30 @@ def rows_out(G, X, out, nchunks):
 
 # -- switching structure (ReLU family): the sliding method's per-step passes -----------
 @njit(inline="always")
+def _load_pair(A, B, b0, bs, D, aT, bT):
+    """Rows ``b0 .. b0 + bs`` of ``A`` and ``B`` (M, D) transposed into ``aT``, ``bT`` (D, B)."""
+    for k in range(bs):
+        for j in range(D):
+            aT[j, k] = A[b0 + k, j]
+            bT[j, k] = B[b0 + k, j]
+
+
+@njit(inline="always")
+def _preact_pair(aT, bT, X, i, bs, D, p, q):
+    """``p[k] = aT[:, k] . X[i]`` and ``q[k] = bT[:, k] . X[i]`` for a block (unit-stride
+    loops over its neurons)."""
+    x0 = X[i, 0]
+    for k in range(bs):
+        p[k] = aT[0, k] * x0
+        q[k] = bT[0, k] * x0
+    for j in range(1, D):
+        xj = X[i, j]
+        for k in range(bs):
+            p[k] += aT[j, k] * xj
+            q[k] += bT[j, k] * xj
+
+
+@njit(inline="always")
 def _pair_terms(a, W, fa, FW, X, lo, k, i):
     """The terms of pair (k, i) in the residual and its rate."""
     p = 0.0
@@ -319,22 +343,11 @@ def _rate_range(a, W, fa, FW, X, lo, e, rate, k0, k1):
     v = np.empty(_B, dtype=W.dtype)
     for b0 in range(k0, k1, _B):
         bs = min(_B, k1 - b0)
-        for k in range(bs):
-            for j in range(D):
-                wT[j, k] = W[b0 + k, j]
-                fT[j, k] = FW[b0 + k, j]
+        _load_pair(W, FW, b0, bs, D, wT, fT)
         ab = a[b0:b0 + bs]
         fab = fa[b0:b0 + bs]
         for i in range(n):
-            x0 = X[i, 0]
-            for k in range(bs):
-                p[k] = wT[0, k] * x0
-                v[k] = fT[0, k] * x0
-            for j in range(1, D):
-                xj = X[i, j]
-                for k in range(bs):
-                    p[k] += wT[j, k] * xj
-                    v[k] += fT[j, k] * xj
+            _preact_pair(wT, fT, X, i, bs, D, p, v)
             se = 0.0
             sr = 0.0
             for k in range(bs):
@@ -382,21 +395,11 @@ def _cross_range(W0, W1, X, flag, k0, k1):
     fb = np.empty(_B, dtype=np.uint8)
     for b0 in range(k0, k1, _B):
         bs = min(_B, k1 - b0)
+        _load_pair(W0, W1, b0, bs, D, w0T, w1T)
         for k in range(bs):
             fb[k] = 0
-            for j in range(D):
-                w0T[j, k] = W0[b0 + k, j]
-                w1T[j, k] = W1[b0 + k, j]
         for i in range(n):
-            x0 = X[i, 0]
-            for k in range(bs):
-                p0[k] = w0T[0, k] * x0
-                p1[k] = w1T[0, k] * x0
-            for j in range(1, D):
-                xj = X[i, j]
-                for k in range(bs):
-                    p0[k] += w0T[j, k] * xj
-                    p1[k] += w1T[j, k] * xj
+            _preact_pair(w0T, w1T, X, i, bs, D, p0, p1)
             for k in range(bs):
                 fb[k] |= (p0[k] > 0) != (p1[k] > 0)
         for k in range(bs):
