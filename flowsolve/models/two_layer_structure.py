@@ -393,6 +393,11 @@ class Switching:
         out[M:].reshape(M, D)[rows] = dw
         return loss
 
+    @property
+    def sliding_rows(self):
+        """``(rows (r,), sub (r, n) bool)``: the neurons with sliding pairs and their pairs."""
+        return self._rows, self._sub
+
     def set_sliding(self, S):
         """Replace the sliding set (bool (M, n))."""
         self.S = S

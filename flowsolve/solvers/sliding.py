@@ -107,7 +107,7 @@ class SlidingStepper(RKStepper):
         cross = sw.crossings(y, y_out, S0)
         ev = sw.significant(cross, y_out, sw.last_e, h, self.rtol, self.atol)
         if sw.n_sliding:                   # releases: controls at y_out (the FSAL stage)
-            srows, sub = sw._rows, sw._sub
+            srows, sub = sw.sliding_rows
             th = sw.last_theta[srows]
             lo = sw.lo
             ev[srows] |= (sub & ((th < lo - 1e-12) | (th > 1.0 + 1e-12))).any(axis=1)
