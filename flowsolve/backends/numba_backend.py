@@ -407,8 +407,9 @@ class _TwoLayerKernels:
         """``Switching.integrate_neurons`` compiled: the event neurons ``a`` (q,), ``W``
         (q, D), ``S`` (q, n) through their events against the step's residual ``e_of``
         over ``[0, h]``; returns ``(a, W, S, cost)`` (new arrays; cost in neuron-RHS
-        evaluations summed over the neurons). Threads from ``parallel_threshold``
-        neuron-sample pairs."""
+        evaluations summed over the neurons). Threads (``prange`` over chunks of
+        neurons) when ``q n D``, the multiply-adds of one neuron-stage times ``q``, reaches
+        ``parallel_threshold``."""
         a = np.array(a, dtype=self.dtype)
         W = np.array(W, dtype=self.dtype, order="C")
         S = np.array(S, dtype=np.bool_, order="C")

@@ -293,7 +293,8 @@ class Switching:
     kernels : object, optional
         A backend's compiled pieces (``NumbaBackend.switching_kernels``): ``rhs(y, out)
         -> loss`` of the plain flow leaving the residual in ``last_r``, ``pre(y)``,
-        ``residual_rate(y, f, S, lo)``, ``crossings(y0, y1, S0)``,
+        ``residual_rate(y, f, pairs, lo)`` (``pairs``: the sliding pairs as index arrays,
+        or None), ``crossings(y0, y1, S0)`` (compact, as :meth:`crossings`),
         ``neuron_rhs(a, W, S, e, XX, lo)`` (the sliding-mode velocities and controls of a
         few neurons) and ``integrate_neurons(a, W, S, e_of, h, substeps, XX, lo)``.
         With them :meth:`rhs` runs the compiled RHS on every neuron and recomputes only
