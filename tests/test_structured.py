@@ -493,3 +493,36 @@ def _has_numba():
     except ImportError:
         return False
     return True
+
+
+def test_step_residual_modes_exact_on_the_linear_residual():
+    """StepResidual with the Gram modes is exact for the linearised residual
+    e(t) = V exp(-t lam) V^T e0 over a step of many 1/lam_max (where its cubic alone is
+    off by O(1)), and interpolates the ends of any residual."""
+    from flowsolve.models.two_layer_structure import StepResidual
+
+    rng = np.random.default_rng(11)
+    n, h = 5, 8.0
+    V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = np.array([0.01, 0.1, 0.5, 1.0, 2.0])
+    e0 = rng.standard_normal(n)
+
+    def e(t):
+        return V @ (np.exp(-t * lam) * (V.T @ e0))
+
+    def r(t):
+        return -V @ (lam * np.exp(-t * lam) * (V.T @ e0))
+
+    modal = StepResidual(np, e0, r(0), e(h), r(h), h, modes=(V, lam))
+    cubic = StepResidual(np, e0, r(0), e(h), r(h), h)
+    taus = np.linspace(0.0, h, 9)
+    exact = np.array([e(t) for t in taus])
+    np.testing.assert_allclose(modal(taus), exact, atol=1e-13)
+    assert np.abs(cubic(taus) - exact).max() > 0.05
+    other = rng.standard_normal((4, n))                   # not linear: ends still hold
+    sr = StepResidual(np, *other, h, modes=(V, lam))
+    np.testing.assert_allclose(sr(0.0), other[0], atol=1e-13)
+    np.testing.assert_allclose(sr(h), other[2], atol=1e-13)
+    d = 1e-6
+    np.testing.assert_allclose((sr(d) - sr(0.0)) / d, other[1], atol=1e-4)
+    np.testing.assert_allclose((sr(h) - sr(h - d)) / d, other[3], atol=1e-4)
