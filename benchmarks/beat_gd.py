@@ -53,7 +53,7 @@ def run(prob, method, T, **kw):
 
 def gd_points(prob, T, y_ref, max_steps, time_budget):
     """(dt, steps, error, wall) of GD runs landing on T, halving dt from ~1/lambda_max."""
-    lin = prob.model.make_jacobian(np, prob.data, np.float64)(prob.y0)
+    lin = prob.model.make_jacobian(np, prob.data, np.float64)(prob.y0_host)
     lam = np.linalg.eigvalsh(lin.gram() / prob.data.n)[-1]
     N = max(1, math.ceil(T * lam))
     pts = []
@@ -112,6 +112,8 @@ def bench_one(data_name, m, gamma, args):
                    stop_at_loss=args.loss, save_at=[0.0], progress=False,
                    max_steps=args.ref_max_steps)
     T = ref.t_final
+    print(f"  reference: T* = {T:.6g}, {ref.stats.nfev + ref.stats.njev} RHS-equivalents, "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
     # the state at T* from a run landing on T* (a loss stop's state between steps is
     # interpolated, to lower order than the steps), and the reference's own error from
     # a run at a tenth of the tolerance
@@ -174,7 +176,7 @@ def table(all_rows):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--backend", default="numpy", choices=["numpy", "numba"],
+    ap.add_argument("--backend", default="numpy", choices=["numpy", "numba", "cupy"],
                     help="backend of every run (GD included)")
     ap.add_argument("--data", nargs="+", default=["four_points"],
                     choices=["four_points", "digits"])

@@ -349,3 +349,22 @@ def test_other_methods_run_on_cupy(be, method):
     np.testing.assert_allclose(a.y_final, b.y_final, rtol=0, atol=1e-7)
     for k in ("loss", "rd_w", "rd_a"):
         assert a.final[k] == pytest.approx(b.final[k], rel=1e-6)
+
+
+def test_sliding_events_on_cupy_follow_numpy(be):
+    """The condensed four-point problem through its switching events: on cupy the event
+    neurons are re-integrated on the host (``switching_host``); same steps and events as
+    the NumPy reference, same state."""
+    m = 20
+    model = fs.TwoLayer(m, fs.Scaling.from_gammas(1.75, 0.0, m), asi=True)
+    prob = fs.Problem(model, fs.datasets.four_points(), seed=3, backend=be)
+    from flowsolve.solvers.auto import _switching
+    assert _switching(prob).host is not None
+    sols = [fs.solve(fs.Problem(model, fs.datasets.four_points(), seed=3, backend=b),
+                     "sliding", rtol=1e-8, atol=1e-8, t_end=4000.0, progress=False)
+            for b in ("numpy", be)]
+    a, b = sols
+    assert a.status.ok and b.status.ok and a.stats.extra["event_neurons"] > 0
+    assert (a.stats.steps, a.stats.extra["event_neurons"]) == \
+        (b.stats.steps, b.stats.extra["event_neurons"])
+    np.testing.assert_allclose(b.y_final, a.y_final, rtol=1e-8, atol=1e-8)

@@ -355,6 +355,27 @@ def test_compiled_switching_matches_numpy(d, act, parallel):
     assert np.abs(w_r - w).max() > 0.1
     np.testing.assert_allclose(a_f, a_r, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(w_f, w_r, rtol=1e-12, atol=1e-13)
+    # handed to a host structure (what a device structure does): the host's result
+    handed = model.make_switching(np, data, np.float64, host=fast)
+    a_h, w_h, S_h, cost_h = handed.integrate_neurons(a, w, S, e_of, h, 8)
+    assert cost_h == cost_f
+    for x_h, x_f in ((a_h, a_f), (w_h, w_f), (S_h, S_f)):
+        np.testing.assert_array_equal(x_h, x_f)
+    handed.set_sliding(S)                                # and the sliding rows of the RHS
+    o_h = np.empty_like(y)
+    assert handed.rhs(y, o_h) == pytest.approx(ref.rhs(y, o_ref), rel=1e-12)
+    np.testing.assert_allclose(o_h, o_ref, rtol=1e-10, atol=1e-12 * np.abs(o_ref).max())
+    np.testing.assert_allclose(handed.last_theta, ref.last_theta, rtol=1e-9, atol=1e-12)
+    # with a host of either kind, and a backend's plain RHS on every neuron (the cupy
+    # backend's layout: fused RHS on the device, sliding rows on the host)
+    for other in (model.make_switching(np, data, np.float64, host=ref),
+                  model.make_switching(np, data, np.float64, host=fast,
+                                       plain_rhs=fast.kernels)):
+        other.set_sliding(S)
+        other.rhs(y, o_h)
+        np.testing.assert_allclose(o_h, o_ref, rtol=1e-10, atol=1e-12 * np.abs(o_ref).max())
+        np.testing.assert_allclose(other.last_theta, ref.last_theta, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(other.last_e, ref.last_e, rtol=1e-10, atol=1e-12)
     for before, after in zip(inputs, (a, w, S)):         # inputs left alone
         np.testing.assert_array_equal(after, before)
     for sw in (ref, fast):                               # no sliding pairs: plain flow

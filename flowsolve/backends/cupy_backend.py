@@ -442,6 +442,24 @@ class CupyBackend:
             return _TwoLayerFused(self, model, data, dtype).loss
         return model.make_loss(self.xp, data, dtype)
 
+    def switching_host(self, model, data, dtype):
+        """The switching structure of ``model`` on NumPy arrays, with the Numba backend's
+        compiled per-neuron kernels where they apply: a device
+        :class:`~flowsolve.models.two_layer_structure.Switching` hands it the
+        re-integration of its event neurons (a few neurons through many small substeps,
+        which on the device would cost a kernel launch per array operation)."""
+        from .numba_backend import NumbaBackend
+        kernels = NumbaBackend().switching_kernels(model, data, dtype)
+        return model.make_switching(np, data, dtype, kernels=kernels)
+
+    def switching_rhs(self, model, data, dtype):
+        """The fused two-layer RHS for the sliding-mode flow (``rhs(y, out)``, the
+        residual in ``last_r``), or None where :meth:`kernel_plan` is not ``fused``."""
+        if getattr(model, "name", None) != "two_layer" \
+                or self.kernel_plan(model, data) != "fused":
+            return None
+        return _TwoLayerFused(self, model, data, dtype)
+
     # -- Runge-Kutta stage arithmetic -------------------------------------------------
     def combine(self, out, y, h, K, coeffs):
         """``out = y + h sum_j coeffs[j] K[j]`` in one kernel pass (the sum in float64).
@@ -632,6 +650,11 @@ class _TwoLayerFused:
         self._check(y)
         self.forward(y)
         return self.be._read(self.res[self.n:])[0]
+
+    @property
+    def last_r(self):
+        """The residual (n,) float64 of the last :meth:`rhs` (a device copy)."""
+        return self.res[:self.n].copy()
 
     def residual(self, y):
         """The residual ``e`` (n,) float64 at ``y`` (NumPy)."""

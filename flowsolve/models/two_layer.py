@@ -174,12 +174,15 @@ class TwoLayer:
         from .two_layer_structure import make_linearize
         return make_linearize(self, xp, data, dtype)
 
-    def make_switching(self, xp, data, dtype, kernels=None):
+    def make_switching(self, xp, data, dtype, kernels=None, host=None, plain_rhs=None):
         """ReLU switching structure (sliding pairs, equivalent controls); see
         :class:`flowsolve.models.two_layer_structure.Switching` (``kernels``: a backend's
-        compiled RHS and pre-activations)."""
+        compiled RHS and pre-activations; ``host``: the structure on NumPy arrays that a
+        device structure hands its per-neuron work; ``plain_rhs``: a device RHS of the
+        plain flow)."""
         from .two_layer_structure import Switching
-        return Switching(self, xp, data, dtype, kernels=kernels)
+        return Switching(self, xp, data, dtype, kernels=kernels, host=host,
+                         plain_rhs=plain_rhs)
 
     def make_loss(self, xp, data, dtype):
         """``loss(y) -> float``: the loss ``1/(2n) sum e^2`` alone (one forward pass)."""

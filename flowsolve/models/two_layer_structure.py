@@ -22,6 +22,8 @@ products ``J v``, ``C J^T u`` costs about half an RHS; the Gram matrix costs
 
 from __future__ import annotations
 
+import numpy as np
+
 __all__ = ["Linearization", "StepResidual", "Switching", "controls", "dip_fraction",
            "make_linearize"]
 
@@ -214,6 +216,11 @@ def compact(xp, B):
     return rows, B[rows]
 
 
+def _to_numpy(xp):
+    """The function that copies an array of the namespace ``xp`` to the host."""
+    return getattr(xp, "asnumpy", np.asarray)
+
+
 def _rows_with_any(xp, B):
     """Sorted indices of the rows of the bool matrix ``B`` (M, n) with a True entry (the
     flat nonzeros: much faster than ``B.any(axis=1)`` over a short axis when B is sparse)."""
@@ -262,6 +269,14 @@ class StepResidual:
             VT, LC = xp.ascontiguousarray(V.T), xp.stack([lam, c])
         self.table = (xp.stack([e0, r0, e1, r1]), VT, LC)
 
+    def moved(self, xp, convert):
+        """The same residual with its table converted by ``convert`` into arrays of the
+        namespace ``xp`` (a device residual for the host re-integration)."""
+        out = object.__new__(StepResidual)
+        out.xp, out.h = xp, self.h
+        out.table = tuple(convert(t) for t in self.table)
+        return out
+
     def __call__(self, tau):
         xp, h = self.xp, self.h
         H, VT, LC = self.table
@@ -301,10 +316,24 @@ class Switching:
         the neurons with sliding pairs; the result is the same up to rounding (at a
         sliding pair ``pre`` is 0 to rounding, so its ``sigma`` is too), and
         :meth:`integrate_neurons` runs compiled, one neuron at a time.
+    host : Switching, optional
+        The same structure on NumPy arrays (``CupyBackend.switching_host``), to which a
+        device ``Switching`` hands :meth:`integrate_neurons`: a few neurons through many
+        small substeps, which on a GPU cost a kernel launch and a synchronisation per
+        array operation (~170 ms per step at m = 10^5 on an H100), and on the host a
+        fraction of a millisecond. The arrays cross the bus twice per step. The
+        sliding rows of :meth:`rhs` go to the host too.
+    plain_rhs : object, optional
+        Without ``kernels``: a backend's RHS of the plain flow on every neuron,
+        ``plain_rhs.rhs(y, out) -> loss`` leaving the residual in ``plain_rhs.last_r``
+        (``CupyBackend.switching_rhs``); :meth:`rhs` then recomputes only the sliding
+        rows, as with ``kernels``.
     """
 
-    def __init__(self, model, xp, data, dtype, kernels=None):
+    def __init__(self, model, xp, data, dtype, kernels=None, host=None, plain_rhs=None):
         self.kernels = kernels
+        self.host = host
+        self.plain = kernels if kernels is not None else plain_rhs
         c = self.c = _Consts(model, xp, data, dtype)
         name = model.activation.name
         if name not in ("relu", "leaky_relu"):
@@ -341,7 +370,7 @@ class Switching:
 
         Also leaves ``self.last_e`` (n,) and ``self.last_theta`` (M, n) for the release test.
         """
-        if self.kernels is not None:
+        if self.plain is not None:
             return self._rhs_compiled(y, out)
         c = self.c
         xp = c.xp
@@ -359,13 +388,56 @@ class Switching:
         xp.multiply(h @ e, -c.ca / c.n, out=out[:M])
         g = self._gprime(pre)
         self.last_theta = xp.zeros_like(g)
-        if self.n_sliding:                  # equivalent controls on the few sliding rows
+        on_host = self.n_sliding and self.host is not None
+        if self.n_sliding and not on_host:  # equivalent controls on the few sliding rows
             gr = g[rows]
             self.last_theta[rows] = controls(xp, gr, sub, e, c.XX)
             g[rows] = gr
         g *= e
         xp.multiply(((-c.cw / c.n) * a)[:, None], g @ c.Xt, out=out[M:].reshape(M, D))
+        if on_host:                         # the sliding rows again, by the host
+            da, dw, self.last_theta[rows] = self._row_velocities(
+                a[rows], y[M:].reshape(M, D)[rows], sub, e)
+            out[:M][rows] = da
+            out[M:].reshape(M, D)[rows] = dw
         return float(e @ e) / (2.0 * c.n)
+
+    def _row_velocities(self, a, w, S, e):
+        """:meth:`sliding_velocities`, by the host structure if there is one."""
+        if self.host is None:
+            return self.sliding_velocities(a, w, S, e)
+        xp = self.c.xp
+        to_np = _to_numpy(xp)
+        out = self.host.sliding_velocities(to_np(a), to_np(w), to_np(S), to_np(e))
+        return tuple(xp.asarray(v) for v in out)
+
+    def sliding_velocities(self, a, w, S, e):
+        """Velocities and equivalent controls of a few neurons with sliding pairs.
+
+        Parameters
+        ----------
+        a : array (q,)
+        w : array (q, D)
+        S : bool array (q, n)
+            Their sliding pairs (pattern elsewhere from the sign of ``w . x~``).
+        e : array (n,)
+            The residual.
+
+        Returns
+        -------
+        da (q,), dw (q, D), theta (q, n) (the controls; zero outside ``S``).
+        """
+        c = self.c
+        if self.kernels is not None:
+            return self.kernels.neuron_rhs(a, w, S, e, c.XX, self.lo)
+        xp = c.xp
+        pre = w @ c.XtT
+        P = xp.where(pre > 0, 1.0, self.lo)
+        g = xp.where(S, 0.0, P)
+        theta = controls(xp, g, S, e, c.XX)
+        da = (-c.ca / c.n) * (xp.where(S, 0.0, P * pre) @ e)
+        dw = ((-c.cw / c.n) * a)[:, None] * ((g * e) @ c.Xt)
+        return da, dw, theta
 
     def _rhs_compiled(self, y, out):
         """:meth:`rhs` with the backend's kernel on every neuron, then the neurons with
@@ -373,8 +445,8 @@ class Switching:
         c = self.c
         xp = c.xp
         M, D = c.M, c.D
-        loss = self.kernels.rhs(y, out)
-        e = xp.asarray(self.kernels.last_r, dtype=c.dtype)
+        loss = self.plain.rhs(y, out)
+        e = xp.asarray(self.plain.last_r, dtype=c.dtype)
         self.last_e = e
         if self._zero_theta is None:
             self._zero_theta = xp.zeros((M, c.n), dtype=c.dtype)
@@ -388,8 +460,8 @@ class Switching:
         theta[self._theta_rows] = 0.0
         self._theta_rows = rows
         self.last_theta = theta
-        da, dw, theta[rows] = self.kernels.neuron_rhs(y[:M][rows], y[M:].reshape(M, D)[rows],
-                                                      sub, e, c.XX, self.lo)
+        da, dw, theta[rows] = self._row_velocities(y[:M][rows], y[M:].reshape(M, D)[rows],
+                                                   sub, e)
         out[:M][rows] = da
         out[M:].reshape(M, D)[rows] = dw
         return loss
@@ -545,6 +617,8 @@ class Switching:
         xp, lo = c.xp, self.lo
         if self.kernels is not None:
             return self.kernels.integrate_neurons(a, w, S, e_of, h, substeps, c.XX, lo)
+        if self.host is not None:
+            return self._integrate_on_host(a, w, S, e_of, h, substeps)
         a, w, S = a.copy(), w.copy(), S.copy()
         q = a.shape[0]
         P = xp.where(w @ c.XtT > 0, 1.0, lo)
@@ -608,6 +682,14 @@ class Switching:
                     X = c.Xt[i]
                     w[rows] -= ((w[rows] * X).sum(axis=1) / XXd[i])[:, None] * X
         return a, w, S, float(stages)
+
+    def _integrate_on_host(self, a, w, S, e_of, h, substeps):
+        """:meth:`integrate_neurons` by the host structure (device arrays in and out)."""
+        xp = self.c.xp
+        to_np = _to_numpy(xp)
+        a1, w1, S1, cost = self.host.integrate_neurons(
+            to_np(a), to_np(w), to_np(S), e_of.moved(np, to_np), h, substeps)
+        return (xp.asarray(a1), xp.asarray(w1), xp.asarray(S1), cost)
 
     def surface_velocity(self, y, k, i, gk_value, e):
         """(test helper) ``d/dt (w_k . x~_i)`` with ``sigma'_ki = gk_value``."""

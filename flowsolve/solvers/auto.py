@@ -50,12 +50,18 @@ def choose(problem) -> tuple[str, str]:
 
 
 def _switching(problem):
-    """The model's switching structure, with the backend's compiled kernels if it has
-    them (``switching_kernels``: the Numba backend)."""
+    """The model's switching structure, with what the backend has for it: compiled
+    kernels (``switching_kernels``: the Numba backend), or a host structure for the
+    per-neuron work and a device RHS of the plain flow (``switching_host`` and
+    ``switching_rhs``: the cupy backend)."""
     be = problem.backend
-    make = getattr(be, "switching_kernels", None)
-    kernels = make(problem.model, problem.data, problem.dtype) if make is not None else None
-    return problem.model.make_switching(be.xp, problem.data, problem.dtype, kernels=kernels)
+    args = (problem.model, problem.data, problem.dtype)
+    pieces = {}
+    for key, hook in (("kernels", "switching_kernels"), ("host", "switching_host"),
+                      ("plain_rhs", "switching_rhs")):
+        make = getattr(be, hook, None)
+        pieces[key] = make(*args) if make is not None else None
+    return problem.model.make_switching(be.xp, problem.data, problem.dtype, **pieces)
 
 
 def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=None,
