@@ -82,18 +82,34 @@ def _rhs1(a, w, P, S, e, X, XX, ca_n, cw_n, g, dw):
     sliding = False
     for i in range(n):
         if S[i]:
-            g[i] = 0.0
             sliding = True
+            break
+    for j in range(D):
+        dw[j] = 0.0
+    if not sliding:                 # one pass over X: each row used twice while in cache
+        for i in range(n):
+            p = 0.0
+            for j in range(D):
+                p += w[j] * X[i, j]
+            sda += P[i] * p * e[i]
+            g[i] = P[i]
+            c = P[i] * e[i]
+            for j in range(D):
+                dw[j] += c * X[i, j]
+        f = cw_n * a
+        for j in range(D):
+            dw[j] *= f
+        return ca_n * sda
+    for i in range(n):
+        if S[i]:
+            g[i] = 0.0
         else:
             p = 0.0
             for j in range(D):
                 p += w[j] * X[i, j]
             sda += P[i] * p * e[i]
             g[i] = P[i]
-    if sliding:
-        _controls(g, S, e, XX)
-    for j in range(D):
-        dw[j] = 0.0
+    _controls(g, S, e, XX)
     for i in range(n):
         c = g[i] * e[i]
         for j in range(D):
@@ -210,14 +226,16 @@ def _onto_surface(w, X, XX, i):
 
 @njit(cache=True)
 def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
-                P, e, g, kw, wt, w1, wr, G):
+                P, e, g, kw, wt, w1, wr, G, xn, p, q):
     """``Switching.integrate_neurons`` for one neuron, in place on ``w`` (D,) and ``S``
     (n,); returns ``(a, neuron-RHS evaluations)``. The other arguments after ``cw_n`` are
     scratch: ``P``, ``e``, ``g`` (n,), ``kw`` (4, D), ``wt``, ``w1``, ``wr`` (D,); ``G`` is
-    the residual on the substeps' grid (:func:`_grid_table`)."""
+    the residual on the substeps' grid (:func:`_grid_table`), ``xn`` (n,) the norms
+    ``|x~_i|``; ``p``, ``q`` (n,) scratch for the pre-activations at a substep's ends."""
     n, D = X.shape
     for i in range(n):
-        P[i] = 1.0 if _dot_row(w, X, i) > 0 else lo
+        p[i] = _dot_row(w, X, i)
+        P[i] = 1.0 if p[i] > 0 else lo
     dt = h / substeps
     stages = 0
     for sub in range(substeps):
@@ -226,17 +244,27 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
         stages += 4
         # the first event of the substep: the smallest fraction, interpolated for a
         # crossing, from the quadratic for an excursion across and back (kw[0]: the
-        # velocity at the substep's start)
+        # velocity at the substep's start). p(s) >= min(p0, p1) - (|b| + |p1 - p0|) / 4
+        # on the active side (mirrored below), |b| <= dt |kw[0]| |x~_i|: the rate b is
+        # needed only where that bound allows an excursion
+        vb = 0.0
+        for j in range(D):
+            vb += kw[0, j] * kw[0, j]
+        vb = dt * np.sqrt(vb)
         first = -1
         fmin = 2.0
         for i in range(n):
             if S[i]:
                 continue
-            p0 = _dot_row(w, X, i)
+            p0 = p[i]
             p1 = _dot_row(w1, X, i)
+            q[i] = p1
             if (P[i] == 1.0 and p1 < 0) or (P[i] != 1.0 and p1 > 0):
                 fr = min(max(p0 / (p0 - p1), 0.0), 1.0)
             else:                               # across the surface and back
+                slack = 0.25 * (vb * xn[i] + abs(p1 - p0))
+                if (min(p0, p1) > slack) if P[i] == 1.0 else (max(p0, p1) < -slack):
+                    continue
                 fr = _dip(p0, dt * _dot_row(kw[0], X, i), p1, P[i] == 1.0)
             if fr < fmin:
                 fmin = fr
@@ -266,10 +294,13 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
             # later crossings inside the same substep: follow the sign at its end
             for i2 in range(n):
                 if not S[i2]:
-                    P[i2] = 1.0 if _dot_row(w1, X, i2) > 0 else lo
+                    q[i2] = _dot_row(w1, X, i2)
+                    P[i2] = 1.0 if q[i2] > 0 else lo
         a = a1
         for j in range(D):
             w[j] = w1[j]
+        for i in range(n):
+            p[i] = q[i]                         # valid on the pairs outside S
         # release sliding pairs whose control left [lo, 1]
         ns = 0
         for i in range(n):
@@ -287,18 +318,26 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
                         up = a * e[i] > 0 if th > 1.0 else a * e[i] < 0
                         S[i] = False
                         P[i] = 1.0 if up else lo
+                        p[i] = _dot_row(w, X, i)
                         ns -= 1
             if ns == 1:                         # keep it exactly on its surface
                 i = 0
                 while not S[i]:
                     i += 1
                 _onto_surface(w, X, XX, i)
+                for i2 in range(n):
+                    p[i2] = _dot_row(w, X, i2)
     return a, stages
 
 
 @njit(cache=True)
 def _neuron_range(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1, G):
     n, D = X.shape
+    xn = np.empty(n)
+    for i in range(n):
+        xn[i] = np.sqrt(XX[i, i])
+    p = np.empty(n)
+    q = np.empty(n)
     P = np.empty(n)
     e = np.empty(n)
     g = np.empty(n)
@@ -308,7 +347,7 @@ def _neuron_range(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1, 
     wr = np.empty(D)
     for k in range(k0, k1):
         a[k], cost[k] = _one_neuron(a[k], W[k], S[k], R, h, substeps, X, XX, lo, ca_n,
-                                    cw_n, P, e, g, kw, wt, w1, wr, G)
+                                    cw_n, P, e, g, kw, wt, w1, wr, G, xn, p, q)
 
 
 @njit(cache=True, parallel=True)
