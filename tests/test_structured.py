@@ -355,6 +355,17 @@ def test_compiled_switching_matches_numpy(d, act, parallel):
     assert np.abs(w_r - w).max() > 0.1
     np.testing.assert_allclose(a_f, a_r, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(w_f, w_r, rtol=1e-12, atol=1e-13)
+    # with linear modes under the cubic (expgn2's residual; the compiled kernel tabulates
+    # it once on the substeps' grid): same decisions, same states
+    lam, V = np.linalg.eigh(ref.c.XX / n)
+    e_modes = StepResidual(np, *ref.residual_rate(y, o_ref), *ref.residual_rate(y1, o_ref), h,
+                           modes=(V, np.maximum(lam, 0.0)))
+    out_r = ref.integrate_neurons(a, w, S, e_modes, h, 9)
+    out_f = fast.integrate_neurons(a, w, S, e_modes, h, 9)
+    assert out_f[3] == out_r[3] and (out_r[2] != S).any()
+    np.testing.assert_array_equal(out_f[2], out_r[2])
+    for x_f, x_r in zip(out_f[:2], out_r[:2]):
+        np.testing.assert_allclose(x_f, x_r, rtol=1e-12, atol=1e-13)
     # handed to a host structure (what a device structure does): the host's result
     handed = model.make_switching(np, data, np.float64, host=fast)
     a_h, w_h, S_h, cost_h = handed.integrate_neurons(a, w, S, e_of, h, 8)
