@@ -78,7 +78,6 @@ def _rhs1(a, w, P, S, e, X, XX, ca_n, cw_n, g, dw):
     their equivalent controls: writes ``dw`` (D,) and the controls into ``g`` (n,),
     returns ``da``."""
     n, D = X.shape
-    sda = 0.0
     sliding = False
     for i in range(n):
         if S[i]:
@@ -86,34 +85,26 @@ def _rhs1(a, w, P, S, e, X, XX, ca_n, cw_n, g, dw):
             break
     for j in range(D):
         dw[j] = 0.0
-    if not sliding:                 # one pass over X: each row used twice while in cache
-        for i in range(n):
-            p = 0.0
-            for j in range(D):
-                p += w[j] * X[i, j]
-            sda += P[i] * p * e[i]
-            g[i] = P[i]
-            c = P[i] * e[i]
-            for j in range(D):
-                dw[j] += c * X[i, j]
-        f = cw_n * a
-        for j in range(D):
-            dw[j] *= f
-        return ca_n * sda
+    sda = 0.0
     for i in range(n):
         if S[i]:
             g[i] = 0.0
-        else:
-            p = 0.0
-            for j in range(D):
-                p += w[j] * X[i, j]
-            sda += P[i] * p * e[i]
-            g[i] = P[i]
-    _controls(g, S, e, XX)
-    for i in range(n):
-        c = g[i] * e[i]
+            continue
+        p = 0.0
         for j in range(D):
-            dw[j] += c * X[i, j]
+            p += w[j] * X[i, j]
+        sda += P[i] * p * e[i]
+        g[i] = P[i]
+        if not sliding:             # one pass over X: the row is used again while in cache
+            c = P[i] * e[i]
+            for j in range(D):
+                dw[j] += c * X[i, j]
+    if sliding:                     # the controls need every pair's sigma' first
+        _controls(g, S, e, XX)
+        for i in range(n):
+            c = g[i] * e[i]
+            for j in range(D):
+                dw[j] += c * X[i, j]
     f = cw_n * a
     for j in range(D):
         dw[j] *= f
