@@ -336,11 +336,11 @@ def test_float32_solve_tracks_float64(be):
     assert a.final["loss"] == pytest.approx(b.final["loss"], rel=1e-2)
 
 
-@pytest.mark.parametrize("method", ["scipy:RK45", "auto", "sliding", "expgn2"])
+@pytest.mark.parametrize("method", ["scipy:RK45", "auto", "sliding", "expgn2", "expgn3"])
 def test_other_methods_run_on_cupy(be, method):
     """SciPy's solvers (NumPy states, copied to the device for each RHS) and the
     structure-aware methods (the model's CuPy code around the backend's stages)."""
-    model = _model(50, "tanh" if method == "expgn2" else "relu", gamma=0.5)
+    model = _model(50, "tanh" if method.startswith("expgn") else "relu", gamma=0.5)
     data = fs.datasets.four_points()
     kw = {"rtol": 1e-9, "atol": 1e-12, "t_end": 1.0, "progress": False}
     a = fs.solve(fs.Problem(model, data, seed=0, backend="cupy"), method, **kw)

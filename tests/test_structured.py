@@ -13,7 +13,7 @@ import pytest
 from scipy.integrate import quad
 
 import flowsolve as fs
-from flowsolve.solvers.exponential import ExpGNStepper, phi_functions
+from flowsolve.solvers.exponential import EXP_TABLEAUS, ExpGNStepper, phi_functions
 
 
 def _problem(m=30, gamma=1.0, gamma_prime=0.2, act="relu", data=None, asi=True, seed=1):
@@ -99,9 +99,11 @@ class _FrozenLinear:
         return lin.loss
 
 
-def test_exponential_step_is_exact_on_the_linearised_flow():
+@pytest.mark.parametrize("name", sorted(EXP_TABLEAUS))
+def test_exponential_step_is_exact_on_the_linearised_flow(name):
     """The linearised (NTK) flow has the closed form
-    y(t) = y0 - C J0^T (t/n) phi1(-t K/n) e0; ETD2RK-GN reproduces it in one step."""
+    y(t) = y0 - C J0^T (t/n) phi1(-t K/n) e0; every exponential GN method reproduces it in
+    one step (its nonlinearity g vanishes)."""
     prob = _problem(m=40, gamma=0.5, gamma_prime=0.0)
     lin = _FrozenLinear(prob)
     n, T = prob.data.n, 300.0
@@ -114,10 +116,69 @@ def test_exponential_step_is_exact_on_the_linearised_flow():
     ref = solve_ivp(lambda t, y: -lin.C * (lin.J.T @ (lin.e0 + lin.J @ (y - lin.y0))) / n,
                     (0, T), prob.y0, method="LSODA", rtol=1e-11, atol=1e-13).y[:, -1]
     assert np.abs(exact - ref).max() < 1e-8
-    st = ExpGNStepper(lin, lin.rhs, prob.backend, prob.y0, rtol=1e-10, atol=1e-12, dt=T)
+    st = ExpGNStepper(lin, lin.rhs, prob.backend, prob.y0, rtol=1e-10, atol=1e-12, dt=T,
+                      tableau=name)
     st.step(T)
     assert st.t == T and st.steps == 1
     assert np.abs(st.y - exact).max() < 1e-11 * max(1.0, np.abs(exact).max())
+
+
+def _weight(w, z):
+    ph = phi_functions(z, 4)
+    return sum(c * ph[k] for k, c in w)
+
+
+@pytest.mark.parametrize("name", sorted(EXP_TABLEAUS))
+def test_exponential_tableaus_satisfy_the_stiff_order_conditions(name):
+    """Hochbruck-Ostermann order conditions of explicit exponential RK methods, as
+    functions of Z = h lambda (lambda <= 0): sum_j b_j(Z) c_j^(q-1) / (q-1)! = phi_q(Z)
+    for q = 2 .. order, and q = 2 .. error_order for the embedded weights."""
+    tab = EXP_TABLEAUS[name]
+    z = -np.array([0.0, 1e-3, 0.3, 2.0, 40.0])
+    for weights, order in ((tab.b, tab.order), (tab.bhat, tab.error_order)):
+        for q in range(2, order + 1):
+            lhs = sum(_weight(w, z) * c ** (q - 1) for w, c in zip(weights, tab.c))
+            np.testing.assert_allclose(lhs / math.factorial(q - 1), phi_functions(z, q)[q],
+                                       rtol=1e-12, atol=1e-14, err_msg=f"{name} q={q}")
+    # classical order at Z = 0 (third-order condition on the stage weights a_ij)
+    if tab.order >= 3:
+        b0 = [_weight(w, 0.0) for w in tab.b]
+        inner = [sum(_weight(a, 0.0) * c for a, c in zip(tab.a[i], tab.c)) for i in
+                 range(len(tab.c))]
+        assert sum(b * x for b, x in zip(b0, inner)) == pytest.approx(1 / 6, abs=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(EXP_TABLEAUS))
+def test_exponential_steps_converge_at_their_order(name):
+    """One step of size h on a nonlinear tanh flow (not the linearised one): the error
+    against a tight DOP853 solution scales like h^(order+1), the error estimate like
+    h^(error_order+1)."""
+    from scipy.integrate import solve_ivp
+
+    prob = _problem(m=20, gamma=1.0, gamma_prime=0.0, act="tanh", asi=False, seed=3,
+                    data=fs.datasets.four_points())
+    lin = prob.model.make_jacobian(np, prob.data, np.float64)
+
+    def rhs(y, out):
+        out[:] = prob.rhs(0, y)
+        return 0.0
+
+    st = ExpGNStepper(lin, rhs, prob.backend, prob.y0, tableau=name)
+    hs = np.array([0.8, 0.4, 0.2, 0.1])
+    true, est = [], []
+    for h in hs:
+        ref = solve_ivp(prob.rhs, (0, h), prob.y0, method="DOP853", rtol=1e-13,
+                        atol=1e-14).y[:, -1]
+        out = np.empty_like(prob.y0)
+        err = st.attempt(prob.y0, st.cur, h, out)
+        true.append(np.abs(out - ref).max())
+        est.append(np.abs(err).max())
+    tab = EXP_TABLEAUS[name]
+    slope_true = np.polyfit(np.log(hs), np.log(true), 1)[0]
+    slope_est = np.polyfit(np.log(hs), np.log(est), 1)[0]
+    assert abs(slope_true - (tab.order + 1)) < 0.2, (slope_true, true)
+    assert abs(slope_est - (tab.error_order + 1)) < 0.2, (slope_est, est)
+    assert max(true) < 1e-3
 
 
 def test_balanced_scalar_network_closed_form():
@@ -133,7 +194,7 @@ def test_balanced_scalar_network_closed_form():
     T = 12.0
     q = y / (1 + (y / q0 - 1) * math.exp(-2 * kap * y * T))
     a_T = math.sqrt(q / (kap * kp))
-    for method, tol in (("expgn2", 1e-9), ("dopri5", 1e-10)):
+    for method, tol in (("expgn2", 1e-9), ("expgn3", 1e-9), ("dopri5", 1e-10)):
         sol = fs.solve(prob, method, rtol=tol, atol=tol, t_end=T, progress=False)
         assert sol.status.ok
         a, w = sol.params()["a"], sol.params()["w"]
@@ -160,7 +221,8 @@ def _q_exact(t, q0=0.05, y=0.3):
     return y / (1 + (y / q0 - 1) * math.exp(-y * t))
 
 
-@pytest.mark.parametrize("method, tol, bound", [("sliding", 1e-9, 1e-6), ("expgn2", 1e-6, 1e-5)])
+@pytest.mark.parametrize("method, tol, bound", [("sliding", 1e-9, 1e-6), ("expgn2", 1e-6, 1e-5),
+                                               ("expgn3", 1e-6, 1e-5)])
 def test_single_neuron_slides_along_a_data_point(method, tol, bound):
     prob = _sliding_neuron()
     T = 20.0

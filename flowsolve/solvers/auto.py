@@ -3,8 +3,9 @@
 ``build_structured`` constructs the steppers of the methods listed in :data:`STRUCTURED`
 for :func:`flowsolve.solvers.driver.solve`:
 
-- ``"expgn2"``: exponential (ETD2RK) steps with the Gauss-Newton linearisation
-  (:mod:`.exponential`); needs ``model.make_jacobian``.
+- ``"expgn2"``, ``"expgn3"``: exponential (ETD2RK; ETDRK3 with an embedded
+  second-order solution) steps with the Gauss-Newton linearisation
+  (:mod:`.exponential`); need ``model.make_jacobian``.
 - ``"sliding"``: explicit Runge-Kutta (Dormand-Prince 5(4)) on the ReLU flow with
   sliding neurons held on their switching surfaces (:mod:`.sliding`); needs
   ``model.make_switching`` (ReLU family).
@@ -18,7 +19,7 @@ from ..errors import ConfigError
 
 __all__ = ["STRUCTURED", "build_structured", "choose"]
 
-STRUCTURED = ("auto", "expgn2", "sliding")
+STRUCTURED = ("auto", "expgn2", "expgn3", "sliding")
 
 
 def choose(problem) -> tuple[str, str]:
@@ -73,9 +74,9 @@ def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=
     name, why = choose(problem) if method == "auto" else (method, "requested")
     be = problem.backend
     model, data = problem.model, problem.data
-    if name == "expgn2":
+    if name in ("expgn2", "expgn3"):
         if not hasattr(model, "make_jacobian"):
-            raise ConfigError(f"method 'expgn2' needs a model with make_jacobian, got "
+            raise ConfigError(f"method {name!r} needs a model with make_jacobian, got "
                               f"{type(model).__name__}")
         from .exponential import ExpGNStepper
         sw = None
@@ -83,7 +84,8 @@ def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=
             sw = _switching(problem)
         st = ExpGNStepper(model.make_jacobian(be.xp, data, problem.dtype), problem.rhs_into,
                           be, problem.y0, rtol=rtol, atol=atol, dt=first_step,
-                          error_ref=error_ref, status_enum=status_enum, switching=sw)
+                          error_ref=error_ref, status_enum=status_enum, switching=sw,
+                          tableau=name)
     elif name == "sliding":
         if not hasattr(model, "make_switching"):
             raise ConfigError(f"method 'sliding' needs a model with make_switching, got "

@@ -132,7 +132,8 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
         ``Solution.stats.method`` (``"sliding"`` for ReLU-family two-layer models,
         ``"expgn2"`` for smooth ones, ``"dopri5"`` for models without Gauss-Newton
         structure such as :class:`~flowsolve.ThreeLayer`; :func:`.auto.choose`). Or
-        ``"sliding"``, ``"expgn2"`` by name (docs/nonsmooth.md);
+        ``"sliding"``, ``"expgn2"``, ``"expgn3"`` by name (docs/nonsmooth.md;
+        :mod:`flowsolve.solvers.exponential`);
         adaptive Runge-Kutta ``"bs3"``, ``"dopri5"``, ``"tsit5"``, ``"dop853"``; fixed-step
         ``"gd"`` (explicit Euler = full-batch gradient descent), ``"euler"``, ``"rk4"``;
         or ``"scipy:RK45"``, ``"scipy:DOP853"``, ``"scipy:LSODA"``, ... (SciPy's solve_ivp).

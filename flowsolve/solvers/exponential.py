@@ -1,16 +1,27 @@
-"""Exponential integrator with the Gauss-Newton linearisation of the squared loss.
+"""Exponential integrators with the Gauss-Newton linearisation of the squared loss.
 
 The flow ``dy/dt = f(y) = -C J(y)^T e(y) / n`` (``e`` the residual (n,), ``J = de/dy``
 (n, P), ``C`` a positive diagonal mobility) is split at the start ``y0`` of every step as
 ``f(y) = f(y0) + A (y - y0) + g(y)`` with the Gauss-Newton matrix ``A = -C J0^T J0 / n``
-(rank n). One step is the second-order exponential Runge-Kutta method ETD2RK of Cox and
-Matthews, applied to that split (second order for any fixed ``A``)::
+(rank n). A step is an explicit exponential Runge-Kutta method for that split (Hochbruck
+and Ostermann, Acta Numerica 2010), given as data (:class:`ExpTableau`)::
 
-    U  = y0 + h phi1(hA) f(y0)
-    y1 = U  + h phi2(hA) (f(U) - f(y0) - A (U - y0))
+    U_i = y0 + c_i h phi1(c_i hA) f(y0) + h sum_j a_ij(c_i hA) D_j,   D_j = g(U_j) - g(y0)
+    y1  = y0 + h phi1(hA) f(y0)         + h sum_j b_j(hA) D_j
 
-and ``y1 - U`` (the nonlinearity the linearisation missed) is the embedded error estimate
-of the exponential Euler step ``U``. Because ``A`` has rank ``n``,
+with ``g(U) - g(y0) = f(U) - f(y0) - A (U - y0)``, the nonlinearity the linearisation
+missed; ``a_ij`` and ``b_j`` are linear combinations of the ``phi_k``. The embedded
+solution (weights ``bhat_j``) gives the error estimate ``y1 - yhat``. Two tableaus:
+
+- ``"expgn2"``: ETD2RK of Cox and Matthews (one stage at ``c = 1``, the exponential Euler
+  step ``U``; ``b = phi2``); ``U`` is the embedded solution, so the estimate is that of a
+  first-order step (``error_order`` 1).
+- ``"expgn3"``: ETDRK3 of Cox and Matthews (stages at ``c = 1/2`` and ``1``, third order
+  for a fixed ``A``) with the exponential midpoint rule (``bhat_2 = 2 phi2``, second
+  order) as the embedded solution (``error_order`` 2): the controller sees the error of a
+  second-order solution and keeps the third-order one.
+
+Because ``A`` has rank ``n``,
 ``phi_k(hA) v = v / k! - (h/n) C J0^T phi_{k+1}(-h K/n) J0 v`` with the ``n x n`` Gram
 matrix ``K = J0 C J0^T``: every matrix function is taken of ``K/n`` by one symmetric
 eigendecomposition per accepted step, the ``P``-sized work is ``J v`` / ``C J^T u``
@@ -19,19 +30,21 @@ features) the step is exact, whatever ``h``.
 
 Work accounting (``njev``, in right-hand-side equivalents): a linearisation (forward pass)
 0.5, each ``J v`` or ``C J^T u`` 0.5, a Gram matrix ``linearize.gram_cost``. ``nfact``
-counts eigendecompositions.
+counts eigendecompositions. Per attempt, ``expgn2`` costs 1 RHS and 1.5 RHS-equivalents of
+products, ``expgn3`` 2 RHS and 2.5 (3 when the embedded solution is not a stage).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..models.two_layer_structure import StepResidual, compact, dip_fraction
 from .rk import StepFailure, pi_factor
 
-__all__ = ["ExpGNStepper", "phi_functions"]
+__all__ = ["ExpGNStepper", "ExpTableau", "EXP_TABLEAUS", "phi_functions"]
 
 
 def phi_functions(z, kmax=3):
@@ -60,8 +73,70 @@ def phi_functions(z, kmax=3):
     return out
 
 
+Weights = tuple  # of (k, coefficient) pairs: sum_k coefficient * phi_k
+
+
+def _at_zero(w) -> float:
+    """The value at ``Z = 0`` of ``sum_k c_k phi_k(Z)`` (``phi_k(0) = 1/k!``)."""
+    return sum(c / math.factorial(k) for k, c in w)
+
+
+@dataclass(frozen=True)
+class ExpTableau:
+    """An explicit exponential Runge-Kutta method with an embedded solution (as data).
+
+    Attributes
+    ----------
+    name : str
+    c : tuple of float
+        Nodes of the nonlinear stages ``U_2 .. U_s`` (``U_1 = y0``).
+    a : tuple of tuples of Weights
+        ``a[i][j]``: ``a_ij(c_i hA)`` as ``((k, coef), ...)`` (sum of ``coef phi_k``),
+        applied to ``D_j`` of the earlier nonlinear stage ``j < i``; ``k >= 1``.
+    b, bhat : tuple of Weights
+        Weights of ``D_j`` in the solution and in the embedded solution, of ``phi_k(hA)``.
+    order, error_order : int
+        Orders of the solution and of the embedded one (the controller's exponent).
+    """
+
+    name: str
+    c: tuple
+    a: tuple
+    b: tuple
+    bhat: tuple
+    order: int
+    error_order: int
+
+    @property
+    def kmax(self) -> int:
+        """The highest ``phi_k`` the low-rank formulas need (``phi_{k+1}`` of each term)."""
+        ks = [k for row in self.a for w in row for k, _ in w] + \
+             [k for w in self.b + self.bhat for k, _ in w]
+        return max(ks + [1]) + 1
+
+    @property
+    def embedded_stage(self):
+        """Index of the stage equal to the embedded solution (``c = 1``, same weights),
+        or ``None`` when it needs its own product."""
+        s = len(self.c)
+        for i, ci in enumerate(self.c):
+            if ci == 1.0 and tuple(self.a[i]) + ((),) * (s - i) == tuple(self.bhat):
+                return i
+        return None
+
+
+EXP_TABLEAUS = {
+    "expgn2": ExpTableau("expgn2", c=(1.0,), a=((),), b=(((2, 1.0),),), bhat=((),),
+                         order=2, error_order=1),
+    "expgn3": ExpTableau("expgn3", c=(0.5, 1.0), a=((), (((1, 2.0),),)),
+                         b=(((2, 4.0), (3, -8.0)), ((2, -1.0), (3, 4.0))),
+                         bhat=(((2, 2.0),), ()), order=3, error_order=2),
+}
+
+
 class ExpGNStepper:
-    """Adaptive ETD2RK steps with the Gauss-Newton linear part (see the module docstring).
+    """Adaptive exponential Runge-Kutta steps with the Gauss-Newton linear part (see the
+    module docstring).
 
     Parameters
     ----------
@@ -80,13 +155,15 @@ class ExpGNStepper:
         heuristic of the explicit engine).
     error_ref : array, optional
         Scale errors by ``|y - error_ref|`` (displacement control) instead of ``|y|``.
+    tableau : str or ExpTableau
+        The method (a key of :data:`EXP_TABLEAUS`, default ``"expgn2"``).
     """
-
-    error_order = 1
 
     def __init__(self, linearize, rhs, backend, y0, *, rtol=1e-6, atol=1e-9, dt=None,
                  error_ref=None, status_enum=None, safety=0.9, max_factor=10.0,
-                 switching=None, substeps=8):
+                 switching=None, substeps=8, tableau="expgn2"):
+        self.tab = EXP_TABLEAUS[tableau] if isinstance(tableau, str) else tableau
+        self.error_order = self.tab.error_order
         self.linearize = linearize
         self.sw = switching
         self.substeps = int(substeps)
@@ -111,7 +188,8 @@ class ExpGNStepper:
         self.t = self.t_old = 0.0
         self.y = y0.copy()
         self.y_old = y0.copy()
-        self.fU = backend.empty(y0.shape, y0.dtype)
+        self._fU = [backend.empty(y0.shape, y0.dtype) for _ in self.tab.c]
+        self._U = [backend.empty(y0.shape, y0.dtype) for _ in self.tab.c]
         self._f_of = self._f_at = None           # the flow at the last point asked for
         self._set_point(self.y)
         self.old = self.cur
@@ -159,37 +237,84 @@ class ExpGNStepper:
             h = max(h, 0.5 / lmax)
         return h if math.isfinite(h) and h > 0 else 1e-6
 
-    def _apply(self, V, d, u):
-        """``V diag(d) V^T u`` for ``u`` (n,) on the backend."""
-        u_h = self.be.to_numpy(u).astype(np.float64)
-        return self.be.asarray(V @ (d * (V.T @ u_h)), u.dtype)
-
     # -- one trial step -----------------------------------------------------------------
     def attempt(self, y, point, h, y_out):
-        """ETD2RK-GN step of size ``h`` from ``y`` with ``point = (lin, lam, V)`` at ``y``.
+        """One step of the tableau, of size ``h`` from ``y`` with ``point = (lin, lam, V,
+        S)`` at ``y``. Writes the solution into ``y_out``; returns the error vector
+        ``y1 - yhat`` (P,).
 
-        Writes ``y1`` into ``y_out``; returns the error vector ``y1 - U`` (P,).
+        Work is in the eigenbasis of ``K/n`` (n-vectors, NumPy): for each stage the
+        coefficient ``u`` of ``U_i - y = h sum_j a_ij(0) f(U_j) + C J0^T V u / n``, with
+        ``J0 (U_i - y)`` from the products ``J0 f(U_j)`` already taken, so a stage costs
+        one ``C J^T u``, one RHS and one ``J v``.
         """
         lin, lam, V, self._S_attempt = point
-        n = self.n
-        ph0, ph1, _, ph3 = phi_functions(-h * lam, 3)
-        e0 = lin.e
-        U = lin.cjt(self._apply(V, -h * ph1, e0) / n)
-        U += y
-        if self.sw is not None:
-            self.sw.set_sliding(self._S_attempt)
-            self._loss_U = self.sw.rhs(U, self.fU)      # the sliding-mode flow
+        tab, n, be = self.tab, self.n, self.be
+        phis = {}
+
+        def phi(c, k):                  # phi_k(-c h lam), cached per node
+            if c not in phis:
+                phis[c] = phi_functions(-c * h * lam, tab.kmax)
+            return phis[c][k]
+
+        def combine(c, weights, ehat_term):
+            """P-space weights of ``f(U_j)`` and the eigen-coefficient of ``C J^T V . / n``
+            for ``y + c h phi1(c hA) f(y) + h sum_j w_j(c hA) D_j`` (without the
+            ``phi1`` term when ``ehat_term`` is false)."""
+            coef = -c * h * phi(c, 1) * e_hat if ehat_term else np.zeros_like(e_hat)
+            fw = []
+            for j, w in enumerate(weights):
+                w0 = _at_zero(w)
+                if not w:
+                    continue
+                coef = coef + h * w0 * d_hat[j]
+                for k, ck in w:
+                    coef = coef - (c * h * h * ck) * phi(c, k + 1) * jd_hat[j]
+                fw.append((j, h * w0))
+            return fw, coef
+
+        def assemble(base, fw, coef, out):
+            """``out = base + sum w f(U_j) + C J^T V coef / n`` on the backend."""
+            out[...] = lin.cjt(be.asarray(V @ coef, y.dtype) / n)
+            self.njev_f += 0.5
+            if base is not None:
+                out += base
+            for j, wj in fw:
+                out += wj * self._fU[j]
+            return out
+
+        e_hat = V.T @ be.to_numpy(lin.e).astype(np.float64)
+        d_hat, jd_hat, jf_hat, stages = [], [], [], []
+        for i, ci in enumerate(tab.c):
+            fw, coef = combine(ci, tab.a[i][:i], True)
+            U = assemble(y, fw, coef, self._U[i])
+            stages.append(U)
+            # J0 (U_i - y) = sum_j w_j J0 f(U_j) + (K/n) V coef
+            ju = lam * coef
+            for j, wj in fw:
+                ju = ju + wj * jf_hat[j]
+            fU = self._fU[i]
+            if self.sw is not None:
+                self.sw.set_sliding(self._S_attempt)
+                self.sw.rhs(U, fU)                     # the sliding-mode flow
+            else:
+                self.rhs(U, fU)
+            self.nfev += 1
+            jf_hat.append(V.T @ be.to_numpy(lin.jv(fU)).astype(np.float64))
+            self.njev_f += 0.5
+            d_hat.append(e_hat + ju)                   # D_i = f(U_i) + C J0^T V d_i / n
+            jd_hat.append(jf_hat[i] + lam * d_hat[i])  # J0 D_i
+        err_w = tuple(tuple(b) + tuple((k, -ck) for k, ck in bh)
+                      for b, bh in zip(tab.b, tab.bhat))
+        fw, coef = combine(1.0, err_w, False)
+        err = assemble(None, fw, coef, be.empty(y.shape, y.dtype))
+        if tab.embedded_stage is not None:
+            yhat = stages[tab.embedded_stage]
         else:
-            self._loss_U = self.rhs(U, self.fU)
-        self.nfev += 1
-        e_lin = self._apply(V, ph0, e0)
-        JD = lin.jv(self.fU) + self._apply(V, lam * ph0, e0)
-        r1 = 0.5 * h * e_lin - self._apply(V, h * h * ph3, JD)
-        err = lin.cjt(r1 / n)
-        err += (0.5 * h) * self.fU
-        self.njev_f += 1.5
-        self.xp.add(U, err, out=y_out)
-        self._jd = (e0, -self._apply(V, lam, e0))      # e and de/dt at y (de/dt = -K e/n)
+            fw, coef = combine(1.0, tab.bhat, True)
+            yhat = assemble(y, fw, coef, be.empty(y.shape, y.dtype))
+        self.xp.add(yhat, err, out=y_out)
+        self._jd = (lin.e, be.asarray(-(V @ (lam * e_hat)), y.dtype))  # e, de/dt at y
         self._lin0 = lin
         self._V, self._lam = V, lam                     # the linear modes of the step
         return err
