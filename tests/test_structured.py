@@ -320,7 +320,7 @@ def test_auto_records_its_choice_and_work():
                       fs.datasets.four_points())
     assert fs.solvers.auto.choose(cond)[0] == "sliding"
     tanh = _problem(act="tanh")
-    assert fs.solvers.auto.choose(tanh)[0] == "expgn2"
+    assert fs.solvers.auto.choose(tanh)[0] == "expgn3"
     sol = fs.solve(lin_prob, "expgn2", rtol=1e-6, atol=1e-6, t_end=10.0, progress=False)
     assert sol.stats.njev > 0 and sol.stats.extra["factorizations"] >= sol.stats.steps
 

@@ -130,7 +130,7 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
     method : str
         ``"auto"`` (default): a structure-aware method chosen from the problem and named in
         ``Solution.stats.method`` (``"sliding"`` for ReLU-family two-layer models,
-        ``"expgn2"`` for smooth ones, ``"dopri5"`` for models without Gauss-Newton
+        ``"expgn3"`` for smooth ones, ``"dopri5"`` for models without Gauss-Newton
         structure such as :class:`~flowsolve.ThreeLayer`; :func:`.auto.choose`). Or
         ``"sliding"``, ``"expgn2"``, ``"expgn3"`` by name (docs/nonsmooth.md;
         :mod:`flowsolve.solvers.exponential`);
@@ -230,7 +230,7 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
     rec = _Recorder(problem)
     # the sliding method runs NumPy code between the backend's parallel kernels: a
     # multithreaded BLAS call there leaves OpenBLAS spinning against them (the Numba
-    # backend's ``quiet_blas``; docs/benchmarks.md "Threads"). Not for expgn2, whose Gram
+    # backend's ``quiet_blas``; docs/benchmarks.md "Threads"). Not for expgn2/3, whose Gram
     # products are BLAS-bound, nor for auto's other choices.
     quiet = getattr(problem.backend, "quiet_blas", None)
     sliding = getattr(stepper, "method_name", method) == "sliding"
