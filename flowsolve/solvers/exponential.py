@@ -115,6 +115,12 @@ class ExpTableau:
         return max(ks + [1]) + 1
 
     @property
+    def err_weights(self) -> tuple:
+        """Weights of ``D_j`` in ``y1 - yhat`` (``b_j - bhat_j``)."""
+        return tuple(tuple(b) + tuple((k, -ck) for k, ck in bh)
+                     for b, bh in zip(self.b, self.bhat))
+
+    @property
     def embedded_stage(self):
         """Index of the stage equal to the embedded solution (``c = 1``, same weights),
         or ``None`` when it needs its own product."""
@@ -264,9 +270,9 @@ class ExpGNStepper:
             coef = -c * h * phi(c, 1) * e_hat if ehat_term else np.zeros_like(e_hat)
             fw = []
             for j, w in enumerate(weights):
-                w0 = _at_zero(w)
                 if not w:
                     continue
+                w0 = _at_zero(w)
                 coef = coef + h * w0 * d_hat[j]
                 for k, ck in w:
                     coef = coef - (c * h * h * ck) * phi(c, k + 1) * jd_hat[j]
@@ -304,9 +310,7 @@ class ExpGNStepper:
             self.njev_f += 0.5
             d_hat.append(e_hat + ju)                   # D_i = f(U_i) + C J0^T V d_i / n
             jd_hat.append(jf_hat[i] + lam * d_hat[i])  # J0 D_i
-        err_w = tuple(tuple(b) + tuple((k, -ck) for k, ck in bh)
-                      for b, bh in zip(tab.b, tab.bhat))
-        fw, coef = combine(1.0, err_w, False)
+        fw, coef = combine(1.0, tab.err_weights, False)
         err = assemble(None, fw, coef, be.empty(y.shape, y.dtype))
         if tab.embedded_stage is not None:
             yhat = stages[tab.embedded_stage]
