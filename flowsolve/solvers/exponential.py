@@ -31,7 +31,7 @@ features) the step is exact, whatever ``h``.
 Work accounting (``njev``, in right-hand-side equivalents): a linearisation (forward pass)
 0.5, each ``J v`` or ``C J^T u`` 0.5, a Gram matrix ``linearize.gram_cost``. ``nfact``
 counts eigendecompositions. Per attempt, ``expgn2`` costs 1 RHS and 1.5 RHS-equivalents of
-products, ``expgn3`` 2 RHS and 2.5 (3 when the embedded solution is not a stage).
+products, ``expgn3`` 2 RHS and 3 (its embedded solution is not a stage: one more product).
 """
 
 from __future__ import annotations
@@ -279,12 +279,15 @@ class ExpGNStepper:
                 fw.append((j, h * w0))
             return fw, coef
 
-        def assemble(base, fw, coef, out):
-            """``out = base + sum w f(U_j) + C J^T V coef / n`` on the backend."""
-            out[...] = lin.cjt(be.asarray(V @ coef, y.dtype) / n)
+        def assemble(base, fw, coef, out=None):
+            """``base + sum w f(U_j) + C J^T V coef / n`` on the backend, into ``out``
+            (a new array without ``base`` and ``out``)."""
+            v = lin.cjt(be.asarray(V @ coef, y.dtype) / n)
             self.njev_f += 0.5
-            if base is not None:
-                out += base
+            if base is None:
+                out = v
+            else:
+                self.xp.add(base, v, out=out)
             for j, wj in fw:
                 out += wj * self._fU[j]
             return out
@@ -311,12 +314,12 @@ class ExpGNStepper:
             d_hat.append(e_hat + ju)                   # D_i = f(U_i) + C J0^T V d_i / n
             jd_hat.append(jf_hat[i] + lam * d_hat[i])  # J0 D_i
         fw, coef = combine(1.0, tab.err_weights, False)
-        err = assemble(None, fw, coef, be.empty(y.shape, y.dtype))
+        err = assemble(None, fw, coef)
         if tab.embedded_stage is not None:
             yhat = stages[tab.embedded_stage]
         else:
             fw, coef = combine(1.0, tab.bhat, True)
-            yhat = assemble(y, fw, coef, be.empty(y.shape, y.dtype))
+            yhat = assemble(y, fw, coef, y_out)
         self.xp.add(yhat, err, out=y_out)
         self._jd = (lin.e, be.asarray(-(V @ (lam * e_hat)), y.dtype))  # e, de/dt at y
         self._lin0 = lin
