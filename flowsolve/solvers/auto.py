@@ -40,7 +40,7 @@ def choose(problem) -> tuple[str, str]:
       limits explicit steps there; the exponential step takes it exactly). It beat
       ``"expgn2"`` at equal accuracy on every tanh problem measured (session 14); plain
       ``"dopri5"`` is faster where the kernel is small (gamma >= 1 over the horizons
-      measured) and on digits at tight tolerances.
+      measured) and on digits at tight tolerances over short horizons (t = 20).
     """
     model = problem.model
     if not hasattr(model, "make_jacobian"):
