@@ -184,6 +184,13 @@ def test_exponential_steps_converge_at_their_order(name):
     assert max(true) < 1e-3
 
 
+def test_unknown_exponential_tableau_is_a_config_error():
+    prob = _problem(m=5, act="tanh")
+    lin = prob.model.make_jacobian(np, prob.data, np.float64)
+    with pytest.raises(fs.ConfigError, match="'expgn4'.*expgn2"):
+        ExpGNStepper(lin, lambda y, out: 0.0, prob.backend, prob.y0, tableau="expgn4")
+
+
 def test_balanced_scalar_network_closed_form():
     """One neuron, linear activation, one data point at x = 0: with a balanced start
     (kappa' a = b) q = kappa a b obeys the logistic law dq/dt = -2 kappa q (q - y)."""

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..models.two_layer_structure import StepResidual, compact, dip_fraction
 from .rk import StepFailure, pi_factor
 
@@ -168,7 +169,12 @@ class ExpGNStepper:
     def __init__(self, linearize, rhs, backend, y0, *, rtol=1e-6, atol=1e-9, dt=None,
                  error_ref=None, status_enum=None, safety=0.9, max_factor=10.0,
                  switching=None, substeps=8, tableau="expgn2"):
-        self.tab = EXP_TABLEAUS[tableau] if isinstance(tableau, str) else tableau
+        if isinstance(tableau, str):
+            if tableau not in EXP_TABLEAUS:
+                raise ConfigError(f"unknown exponential tableau {tableau!r}; expected one of "
+                                  f"{sorted(EXP_TABLEAUS)}")
+            tableau = EXP_TABLEAUS[tableau]
+        self.tab = tableau
         self.error_order = self.tab.error_order
         self.linearize = linearize
         self.sw = switching
