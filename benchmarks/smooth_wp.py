@@ -50,7 +50,8 @@ def main(argv=None):
                      atol=tol, max_steps=10**6)
         return s, time.perf_counter() - t0
 
-    run(args.methods[0], 1e-2)                       # compile
+    for method in args.methods:                      # compile every method's kernels
+        run(method, 1e-2)
     ref, w = run("dop853", 1e-12)
     print(f"# {args.problem}: {args.activation}, m = {m}, gamma = {gamma}, T = {T}; "
           f"reference dop853 1e-12 ({ref.stats.nfev} RHS, {w:.1f} s)")

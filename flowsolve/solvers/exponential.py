@@ -74,9 +74,6 @@ def phi_functions(z, kmax=3):
     return out
 
 
-Weights = tuple  # of (k, coefficient) pairs: sum_k coefficient * phi_k
-
-
 def _at_zero(w) -> float:
     """The value at ``Z = 0`` of ``sum_k c_k phi_k(Z)`` (``phi_k(0) = 1/k!``)."""
     return sum(c / math.factorial(k) for k, c in w)
@@ -91,11 +88,12 @@ class ExpTableau:
     name : str
     c : tuple of float
         Nodes of the nonlinear stages ``U_2 .. U_s`` (``U_1 = y0``).
-    a : tuple of tuples of Weights
+    a : tuple of tuples of weights
         ``a[i][j]``: ``a_ij(c_i hA)`` as ``((k, coef), ...)`` (sum of ``coef phi_k``),
         applied to ``D_j`` of the earlier nonlinear stage ``j < i``; ``k >= 1``.
-    b, bhat : tuple of Weights
-        Weights of ``D_j`` in the solution and in the embedded solution, of ``phi_k(hA)``.
+    b, bhat : tuple of weights
+        Weights of ``D_j`` in the solution and in the embedded solution, as
+        ``((k, coef), ...)`` of ``phi_k(hA)``.
     order, error_order : int
         Orders of the solution and of the embedded one (the controller's exponent).
     """
