@@ -1,6 +1,7 @@
 """Smooth activations: the exponential Gauss-Newton methods against explicit RK.
 
-Work-precision on tanh networks (ASI, gamma' = 0, numba backend): for each method and
+Work-precision on tanh networks (ASI, gamma' = 0; numba backend unless --backend says
+otherwise, the reference on the same backend): for each method and
 tolerance (rtol = atol), the error ``max |y(T) - y_ref(T)|`` against ``dop853`` at
 rtol = atol = 1e-12, the work (``nfev + njev``, RHS-equivalents) and the wall time.
 
@@ -8,6 +9,7 @@ Usage::
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/smooth_wp.py --problem four
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/smooth_wp.py --problem digits
+    python benchmarks/smooth_wp.py --problem four --width 1000000 --backend cupy   # on a GPU
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main(argv=None):
     ap.add_argument("--activation", default="tanh")
     ap.add_argument("--methods", nargs="+", default=["expgn2", "expgn3", "dopri5"])
     ap.add_argument("--tols", nargs="+", type=float, default=[1e-4, 1e-6, 1e-8])
+    ap.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"])
     args = ap.parse_args(argv)
     make_data, m, gamma, T = PROBLEMS[args.problem]
     m = args.width or m
@@ -42,7 +45,7 @@ def main(argv=None):
     T = args.t_end or T
     prob = fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(gamma, 0.0, m),
                                   activation=args.activation, asi=True),
-                      make_data(), seed=0, backend="numba")
+                      make_data(), seed=0, backend=args.backend)
 
     def run(method, tol):
         t0 = time.perf_counter()
@@ -53,7 +56,8 @@ def main(argv=None):
     for method in args.methods:                      # compile every method's kernels
         run(method, 1e-2)
     ref, w = run("dop853", 1e-12)
-    print(f"# {args.problem}: {args.activation}, m = {m}, gamma = {gamma}, T = {T}; "
+    print(f"# {args.problem}: {args.activation}, m = {m}, gamma = {gamma}, T = {T}, "
+          f"backend {args.backend}; "
           f"reference dop853 1e-12 ({ref.stats.nfev} RHS, {w:.1f} s)")
     print(f"{'method':>8} {'tol':>7} {'error':>9} {'RHS-eq':>8} {'steps':>6} {'wall s':>7}")
     for method in args.methods:
