@@ -159,12 +159,88 @@ def _grid_table(R, h, substeps):
     return G
 
 
+@njit(cache=True, fastmath=_FAST)
+def _pattern_sum(P, e, X, v):
+    """``v = X^T (P e)`` (D,): with the pattern ``P`` frozen and no sliding pair, a
+    neuron's velocity is ``da = ca_n w . v``, ``dw = cw_n a v``."""
+    n, D = X.shape
+    for j in range(D):
+        v[j] = 0.0
+    for i in range(n):
+        c = P[i] * e[i]
+        for j in range(D):
+            v[j] += c * X[i, j]
+
+
+@njit(cache=True, fastmath=_FAST)
+def _dot(u, v):
+    s = 0.0
+    for j in range(u.shape[0]):
+        s += u[j] * v[j]
+    return s
+
+
 @njit(cache=True)
-def _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w_out, G, gi):
+def _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, kw, wt, w_out, G, gi, vs, vkey):
+    """:func:`_rk4` for a neuron without sliding pairs: its velocity is linear in
+    ``(a, w)`` through ``v(tau) = X^T (P e(tau))``, so the four stages need ``v`` at
+    ``t0``, ``t0 + dt/2`` and ``t0 + dt`` only: three passes over ``X`` (two where the
+    substep before left ``v`` at ``t0``) instead of eight. ``vs`` (3, D) scratch; ``vkey``
+    (1,) int: the grid row ``vs[2]`` holds ``v`` at (-1: none), updated here."""
+    D = w.shape[0]
+    if gi >= 0 and vkey[0] == gi:
+        for j in range(D):
+            vs[0, j] = vs[2, j]
+    else:
+        _residual_at(R, h, t0, G, gi, e)
+        _pattern_sum(P, e, X, vs[0])
+    _residual_at(R, h, t0 + 0.5 * dt, G, gi + 1 if gi >= 0 else -1, e)
+    _pattern_sum(P, e, X, vs[1])
+    _residual_at(R, h, t0 + dt, G, gi + 2 if gi >= 0 else -1, e)
+    _pattern_sum(P, e, X, vs[2])
+    vkey[0] = gi + 2 if gi >= 0 else -1
+    k1 = ca_n * _dot(w, vs[0])
+    f = cw_n * a
+    for j in range(D):
+        kw[0, j] = f * vs[0, j]
+        wt[j] = w[j] + 0.5 * dt * kw[0, j]
+    a2 = a + 0.5 * dt * k1
+    k2 = ca_n * _dot(wt, vs[1])
+    f = cw_n * a2
+    for j in range(D):
+        kw[1, j] = f * vs[1, j]
+        wt[j] = w[j] + 0.5 * dt * kw[1, j]
+    a3 = a + 0.5 * dt * k2
+    k3 = ca_n * _dot(wt, vs[1])
+    f = cw_n * a3
+    for j in range(D):
+        kw[2, j] = f * vs[1, j]
+        wt[j] = w[j] + dt * kw[2, j]
+    a4 = a + dt * k3
+    k4 = ca_n * _dot(wt, vs[2])
+    f = cw_n * a4
+    for j in range(D):
+        kw[3, j] = f * vs[2, j]
+        w_out[j] = w[j] + dt / 6.0 * (kw[0, j] + 2 * kw[1, j] + 2 * kw[2, j] + kw[3, j])
+    return a + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+@njit(cache=True)
+def _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w_out, G, gi, vs, vkey):
     """One classical RK4 step of one neuron from ``t0`` by ``dt``; writes ``w_out``
     (D,), returns the new ``a``. ``e``, ``g`` (n,), ``kw`` (4, D), ``wt`` (D,): scratch.
-    ``G``, ``gi``: the grid table and the row of ``t0`` in it (-1: off the grid)."""
+    ``G``, ``gi``: the grid table and the row of ``t0`` in it (-1: off the grid).
+    Without sliding pairs :func:`_rk4_frozen` (``vs``, ``vkey``: its cache)."""
     D = w.shape[0]
+    sliding = False
+    for i in range(S.shape[0]):
+        if S[i]:
+            sliding = True
+            break
+    if not sliding:
+        return _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, kw, wt, w_out, G, gi,
+                           vs, vkey)
+    vkey[0] = -1
     _residual_at(R, h, t0, G, gi, e)
     k1 = _rhs1(a, w, P, S, e, X, XX, ca_n, cw_n, g, kw[0])
     _residual_at(R, h, t0 + 0.5 * dt, G, gi + 1 if gi >= 0 else -1, e)
@@ -217,13 +293,15 @@ def _onto_surface(w, X, XX, i):
 
 @njit(cache=True)
 def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
-                P, e, g, kw, wt, w1, wr, G, xn, p, q):
+                P, e, g, kw, wt, w1, wr, G, xn, p, q, vs, vkey):
     """``Switching.integrate_neurons`` for one neuron, in place on ``w`` (D,) and ``S``
     (n,); returns ``(a, neuron-RHS evaluations)``. The other arguments after ``cw_n`` are
     scratch: ``P``, ``e``, ``g`` (n,), ``kw`` (4, D), ``wt``, ``w1``, ``wr`` (D,); ``G`` is
     the residual on the substeps' grid (:func:`_grid_table`), ``xn`` (n,) the norms
-    ``|x~_i|``; ``p``, ``q`` (n,) scratch for the pre-activations at a substep's ends."""
+    ``|x~_i|``; ``p``, ``q`` (n,) scratch for the pre-activations at a substep's ends;
+    ``vs`` (3, D), ``vkey`` (1,) the cache of :func:`_rk4_frozen`."""
     n, D = X.shape
+    vkey[0] = -1
     for i in range(n):
         p[i] = _dot_row(w, X, i)
         P[i] = 1.0 if p[i] > 0 else lo
@@ -231,7 +309,8 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
     stages = 0
     for sub in range(substeps):
         t0 = sub * h / substeps
-        a1 = _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w1, G, 2 * sub)
+        a1 = _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w1, G, 2 * sub,
+                  vs, vkey)
         stages += 4
         # the first event of the substep: the smallest fraction, interpolated for a
         # crossing, from the quadratic for an excursion across and back (kw[0]: the
@@ -263,8 +342,9 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
         if first >= 0:
             f = fmin
             i = first
+            vkey[0] = -1                        # the pattern changes: v is stale
             ar = _rk4(a, w, P, S, R, h, t0, f * dt, X, XX, ca_n, cw_n, e, g, kw, wt, wr,
-                      G, -1)
+                      G, -1, vs, vkey)
             _onto_surface(wr, X, XX, i)
             # slide or cross: the equivalent control with pair i free
             tm = t0 + f * dt
@@ -280,7 +360,7 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
             for j in range(D):
                 wt[j] = wr[j]
             a1 = _rk4(ar, wt, P, S, R, h, tm, (1.0 - f) * dt, X, XX, ca_n, cw_n,
-                      e, g, kw, wr, w1, G, -1)
+                      e, g, kw, wr, w1, G, -1, vs, vkey)
             stages += 8
             # later crossings inside the same substep: follow the sign at its end
             for i2 in range(n):
@@ -298,6 +378,7 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
             if S[i]:
                 ns += 1
         if ns:
+            vkey[0] = -1                        # releases change the pattern
             _residual_at(R, h, t0 + h / substeps, G, 2 * sub + 2, e)
             for i in range(n):
                 g[i] = 0.0 if S[i] else P[i]
@@ -336,9 +417,11 @@ def _neuron_range(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1, 
     wt = np.empty(D)
     w1 = np.empty(D)
     wr = np.empty(D)
+    vs = np.empty((3, D))
+    vkey = np.empty(1, dtype=np.int64)
     for k in range(k0, k1):
         a[k], cost[k] = _one_neuron(a[k], W[k], S[k], R, h, substeps, X, XX, lo, ca_n,
-                                    cw_n, P, e, g, kw, wt, w1, wr, G, xn, p, q)
+                                    cw_n, P, e, g, kw, wt, w1, wr, G, xn, p, q, vs, vkey)
 
 
 @njit(cache=True, parallel=True)
