@@ -370,11 +370,13 @@ def test_compiled_switching_matches_numpy(d, act, parallel):
     """Switching with the numba backend's kernels (compiled RHS on every neuron, the
     sliding rows and the event re-integration compiled per neuron; one-pass residual
     rate and crossings) against the NumPy reference, with sliding pairs on several
-    neurons (one with two pairs); serial and prange kernels."""
+    neurons (one with two pairs); serial and prange kernels. With d = 3 the data has
+    n = 12 > SMALL_N points, so the residual rate and the crossings take the BLAS path."""
     numba = pytest.importorskip("numba")
-    from flowsolve.backends.numba_backend import NumbaBackend
+    from flowsolve.backends.numba_backend import SMALL_N, NumbaBackend
 
-    m, n = 40, 6
+    m, n = 40, (6 if d == 1 else 12)
+    assert (n > SMALL_N) == (d == 3)
     data = fs.datasets.smooth(n, d=d, seed=2)
     model = fs.TwoLayer(m, fs.Scaling.from_gammas(1.2, 0.1, m), activation=act, asi=False)
     be = NumbaBackend(parallel_threshold=1, blas_threshold=1,

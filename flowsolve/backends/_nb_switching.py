@@ -173,6 +173,22 @@ def _pattern_sum(P, e, X, v):
 
 
 @njit(cache=True, fastmath=_FAST)
+def _pattern_sum2(P, e1, e2, X, v1, v2):
+    """:func:`_pattern_sum` at two times in one pass over ``X`` (it streams from L2)."""
+    n, D = X.shape
+    for j in range(D):
+        v1[j] = 0.0
+        v2[j] = 0.0
+    for i in range(n):
+        c1 = P[i] * e1[i]
+        c2 = P[i] * e2[i]
+        for j in range(D):
+            x = X[i, j]
+            v1[j] += c1 * x
+            v2[j] += c2 * x
+
+
+@njit(cache=True, fastmath=_FAST)
 def _dot(u, v):
     s = 0.0
     for j in range(u.shape[0]):
@@ -181,12 +197,14 @@ def _dot(u, v):
 
 
 @njit(cache=True)
-def _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, kw, wt, w_out, G, gi, vs, vkey):
+def _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, e2, kw, wt, w_out, G, gi, vs,
+                vkey):
     """:func:`_rk4` for a neuron without sliding pairs: its velocity is linear in
     ``(a, w)`` through ``v(tau) = X^T (P e(tau))``, so the four stages need ``v`` at
     ``t0``, ``t0 + dt/2`` and ``t0 + dt`` only: three passes over ``X`` (two where the
-    substep before left ``v`` at ``t0``) instead of eight. ``vs`` (3, D) scratch; ``vkey``
-    (1,) int: the grid row ``vs[2]`` holds ``v`` at (-1: none), updated here."""
+    substep before left ``v`` at ``t0``; the last two in one) instead of eight. ``e2`` (n,),
+    ``vs`` (3, D) scratch; ``vkey`` (1,) int: the grid row ``vs[2]`` holds ``v`` at (-1:
+    none), updated here."""
     D = w.shape[0]
     if gi >= 0 and vkey[0] == gi:
         for j in range(D):
@@ -195,9 +213,8 @@ def _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, kw, wt, w_out, G, gi, v
         _residual_at(R, h, t0, G, gi, e)
         _pattern_sum(P, e, X, vs[0])
     _residual_at(R, h, t0 + 0.5 * dt, G, gi + 1 if gi >= 0 else -1, e)
-    _pattern_sum(P, e, X, vs[1])
-    _residual_at(R, h, t0 + dt, G, gi + 2 if gi >= 0 else -1, e)
-    _pattern_sum(P, e, X, vs[2])
+    _residual_at(R, h, t0 + dt, G, gi + 2 if gi >= 0 else -1, e2)
+    _pattern_sum2(P, e, e2, X, vs[1], vs[2])
     vkey[0] = gi + 2 if gi >= 0 else -1
     k1 = ca_n * _dot(w, vs[0])
     f = cw_n * a
@@ -238,8 +255,8 @@ def _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w_out, G, gi
             sliding = True
             break
     if not sliding:
-        return _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, kw, wt, w_out, G, gi,
-                           vs, vkey)
+        return _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, g, kw, wt, w_out, G,
+                           gi, vs, vkey)
     vkey[0] = -1
     _residual_at(R, h, t0, G, gi, e)
     k1 = _rhs1(a, w, P, S, e, X, XX, ca_n, cw_n, g, kw[0])

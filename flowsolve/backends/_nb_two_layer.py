@@ -419,6 +419,75 @@ def crossing_rows(W0, W1, X, flag, nchunks):
         _cross_range(W0, W1, X, flag, lo_k, hi_k)
 
 
+# the same passes with the products in BLAS (n > SMALL_N): blocks of ``SB`` neurons per
+# thread, each block's pre-activations ``W_b X^T`` (SB, n) by one single-threaded GEMM
+@njit(inline="always")
+def _rate_block(P, Q, a, fa, lo, e, rate):
+    bs, n = P.shape
+    for k in range(bs):
+        ak = a[k]
+        fk = fa[k]
+        for i in range(n):
+            p = P[k, i]
+            g = 1.0 if p > 0 else lo
+            e[i] += ak * g * p
+            rate[i] += g * (fk * p + ak * Q[k, i])
+
+
+@njit(cache=True, fastmath=_FM, parallel=True)
+def residual_rate_blas(a, W, fa, FW, XT, sk, si, lo, SB, nchunks):
+    """:func:`residual_rate` with ``XT`` (D, n) = ``X^T`` and the products ``W_b XT``,
+    ``FW_b XT`` of blocks of ``SB`` neurons in BLAS."""
+    M = W.shape[0]
+    n = XT.shape[1]
+    k = max(1, nchunks)
+    pe = np.zeros((k, n))
+    pr = np.zeros((k, n))
+    for c in prange(k):
+        lo_k, hi_k = _bounds(c, k, M)
+        P = np.empty((SB, n), dtype=W.dtype)
+        Q = np.empty((SB, n), dtype=W.dtype)
+        for s0 in range(lo_k, hi_k, SB):
+            s1 = min(s0 + SB, hi_k)
+            Pb = P[:s1 - s0]
+            Qb = Q[:s1 - s0]
+            np.dot(W[s0:s1], XT, Pb)
+            np.dot(FW[s0:s1], XT, Qb)
+            _rate_block(Pb, Qb, a[s0:s1], fa[s0:s1], lo, pe[c], pr[c])
+    e = pe.sum(axis=0)
+    rate = pr.sum(axis=0)
+    if sk.shape[0]:
+        X = np.ascontiguousarray(XT.T)
+        for r in range(sk.shape[0]):
+            te, tr = _pair_terms(a, W, fa, FW, X, lo, sk[r], si[r])
+            e[si[r]] -= te
+            rate[si[r]] -= tr
+    return e, rate
+
+
+@njit(cache=True, fastmath=_FM, parallel=True)
+def crossing_rows_blas(W0, W1, XT, flag, SB, nchunks):
+    """:func:`crossing_rows` with the products of blocks of ``SB`` neurons in BLAS."""
+    M = W0.shape[0]
+    n = XT.shape[1]
+    k = max(1, nchunks)
+    for c in prange(k):
+        lo_k, hi_k = _bounds(c, k, M)
+        P0 = np.empty((SB, n), dtype=W0.dtype)
+        P1 = np.empty((SB, n), dtype=W0.dtype)
+        for s0 in range(lo_k, hi_k, SB):
+            s1 = min(s0 + SB, hi_k)
+            A = P0[:s1 - s0]
+            B = P1[:s1 - s0]
+            np.dot(W0[s0:s1], XT, A)
+            np.dot(W1[s0:s1], XT, B)
+            for kk in range(s1 - s0):
+                f = False
+                for i in range(n):
+                    f |= (A[kk, i] > 0) != (B[kk, i] > 0)
+                flag[s0 + kk] = f
+
+
 # -- the network output, shared by the forward and RHS entry points -------------------
 @njit(inline="always")
 def _forward_serial(y, M, xs, code):

@@ -342,6 +342,7 @@ class _TwoLayerKernels:
         self.xt = np.ascontiguousarray(xt, dtype=dtype)            # (n, D)
         self.xs = np.ascontiguousarray(s * xt, dtype=dtype)        # (n, D), scaled inputs
         self.xsT = np.ascontiguousarray(self.xs.T)                 # (D, n)
+        self.xtT = np.ascontiguousarray(self.xt.T)                 # (D, n)
         self.Y = np.ascontiguousarray(data.y, dtype=np.float64)    # (n,)
         self.cf, self.ca_n, self.cw_n = float(cf), -float(ca) / n, -float(cw) / n
         self.kern = tl.kernels(CODES[model.activation.name])
@@ -371,11 +372,22 @@ class _TwoLayerKernels:
         None) held at ``sigma = 0`` (see ``Switching.residual_rate``)."""
         M, D = self.M, self.D
         sk, si = pairs if pairs is not None else (_NO_PAIRS, _NO_PAIRS)
-        e, rate = tl.residual_rate(y[:M], y[M:].reshape(M, D), f[:M], f[M:].reshape(M, D),
-                                   self.xt, np.asarray(sk, dtype=np.intp),
-                                   np.asarray(si, dtype=np.intp), float(lo),
-                                   self.be._par(M, self.be.parallel_threshold))
+        args = (y[:M], y[M:].reshape(M, D), f[:M], f[M:].reshape(M, D))
+        pair_idx = (np.asarray(sk, dtype=np.intp), np.asarray(si, dtype=np.intp), float(lo))
+        if self.n > SMALL_N:              # the products in BLAS, as in rhs_blas
+            with _BlasThreads(1):
+                e, rate = tl.residual_rate_blas(*args, self.xtT, *pair_idx, *self._blocks())
+        else:
+            e, rate = tl.residual_rate(*args, self.xt, *pair_idx,
+                                       self.be._par(M, self.be.parallel_threshold))
         return self.cf * e - self.Y, self.cf * rate
+
+    def _blocks(self):
+        """``(SB, nchunks)`` of the BLAS passes over the neurons: blocks whose
+        pre-activations stay in L2, on ``nchunks`` Numba threads (1: serial)."""
+        sub = max(16, _SUB_BYTES // (self.n * self.dtype.itemsize))
+        nc = self.be._par(self.M * self.n * self.D, self.be.blas_threshold)
+        return sub, max(nc, 1)
 
     def crossings(self, y0, y1, S0):
         """The pairs outside ``S0`` whose pre-activation changed sign from ``y0`` to
@@ -384,7 +396,12 @@ class _TwoLayerKernels:
         M, D = self.M, self.D
         flag = np.empty(M, dtype=np.bool_)
         W0, W1 = y0[M:].reshape(M, D), y1[M:].reshape(M, D)
-        tl.crossing_rows(W0, W1, self.xt, flag, self.be._par(M, self.be.parallel_threshold))
+        if self.n > SMALL_N:
+            with _BlasThreads(1):
+                tl.crossing_rows_blas(W0, W1, self.xtT, flag, *self._blocks())
+        else:
+            tl.crossing_rows(W0, W1, self.xt, flag,
+                             self.be._par(M, self.be.parallel_threshold))
         rows = np.flatnonzero(flag)
         sub = ~S0[rows] & ((W0[rows] @ self.xt.T > 0) != (W1[rows] @ self.xt.T > 0))
         keep = sub.any(axis=1)
