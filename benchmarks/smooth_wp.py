@@ -56,6 +56,9 @@ def main(argv=None):
     for method in args.methods:                      # compile every method's kernels
         run(method, 1e-2)
     ref, w = run("dop853", 1e-12)
+    lam_t = fs.solvers.auto.kernel_horizon(prob, T)
+    print(f"# lambda_max(K/n) T = {lam_t:.3g} at initialisation: auto runs "
+          f"{fs.solvers.auto.choose(prob, T)[0]}")
     print(f"# {args.problem}: {args.activation}, m = {m}, gamma = {gamma}, T = {T}, "
           f"backend {args.backend}; "
           f"reference dop853 1e-12 ({ref.stats.nfev} RHS, {w:.1f} s)")

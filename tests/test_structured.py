@@ -335,6 +335,31 @@ def test_auto_records_its_choice_and_work():
     assert sol.stats.njev > 0 and sol.stats.extra["factorizations"] >= sol.stats.steps
 
 
+def test_auto_on_smooth_activations_follows_the_kernel_horizon():
+    """tanh: ``auto`` runs expgn3 where ``lambda_max(K/n) t_end`` at initialisation reaches
+    STIFF_HORIZON (or the horizon is open), dopri5 below; the reason is in the stats."""
+    from flowsolve.solvers.auto import STIFF_HORIZON, choose, kernel_horizon
+
+    prob = _problem(m=40, gamma=0.5, gamma_prime=0.0, act="tanh")
+    lin = prob.model.make_jacobian(np, prob.data, np.float64)(prob.y0_host)
+    J = lin.dense()                                     # (n, P): K without gram()
+    lam = np.linalg.eigvalsh(J @ (lin.mobility[:, None] * J.T) / prob.data.n)[-1]
+    assert kernel_horizon(prob, 2.0) == pytest.approx(2.0 * lam, rel=1e-10)
+    t_stiff = 2 * STIFF_HORIZON / lam
+    assert choose(prob, t_stiff)[0] == "expgn3" and choose(prob)[0] == "expgn3"
+    assert choose(prob, math.inf)[0] == "expgn3"
+    name, why = choose(prob, 0.5 * STIFF_HORIZON / lam)
+    assert name == "dopri5" and "not stiff" in why
+    sol = fs.solve(prob, "auto", t_end=0.5 * STIFF_HORIZON / lam, rtol=1e-6, atol=1e-8,
+                   progress=False)
+    ref = fs.solve(prob, "dopri5", t_end=0.5 * STIFF_HORIZON / lam, rtol=1e-6, atol=1e-8,
+                   progress=False)
+    assert sol.stats.method == "dopri5" and np.array_equal(sol.y_final, ref.y_final)
+    assert sol.to_xarray().attrs["stats_method_reason"] == why
+    relu = _problem(m=40, gamma=0.5, gamma_prime=0.0)
+    assert choose(relu, 1e-3)[0] == "sliding"          # the rule is for smooth activations
+
+
 def test_auto_is_the_default_method():
     """``fs.solve(prob)`` without a method runs ``auto`` (issue 7): the same result as
     asking for it, and the choice named in the stats and the Dataset."""

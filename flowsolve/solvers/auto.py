@@ -9,21 +9,42 @@ for :func:`flowsolve.solvers.driver.solve`:
 - ``"sliding"``: explicit Runge-Kutta (Dormand-Prince 5(4)) on the ReLU flow with
   sliding neurons held on their switching surfaces (:mod:`.sliding`); needs
   ``model.make_switching`` (ReLU family).
-- ``"auto"``: picks one of them from the problem (see :func:`choose`), and records the
-  choice as ``stepper.method_name`` (``Stats.method``, attribute ``stats_method``).
+- ``"auto"``: picks one of them (or ``"dopri5"``) from the problem and the horizon (see
+  :func:`choose`), and records the choice as ``stepper.method_name`` (``Stats.method``,
+  attribute ``stats_method``) and the reason as ``stepper.method_reason``
+  (``Stats.extra["method_reason"]``, attribute ``stats_method_reason``).
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from ..errors import ConfigError
 
-__all__ = ["STRUCTURED", "build_structured", "choose"]
+__all__ = ["STRUCTURED", "STIFF_HORIZON", "build_structured", "choose", "kernel_horizon"]
 
 STRUCTURED = ("auto", "expgn2", "expgn3", "sliding")
 
+#: smooth activations: ``auto`` runs ``expgn3`` when ``lambda_max(K/n) t_end`` at
+#: initialisation reaches this, else ``dopri5`` (docs/benchmarks.md, session 15)
+STIFF_HORIZON = 10.0
 
-def choose(problem) -> tuple[str, str]:
-    """The method ``"auto"`` runs on ``problem``, and why.
+
+def kernel_horizon(problem, t_end) -> float:
+    """``lambda_max(K/n) t_end`` at ``y0``: how many of the kernel's fastest time scales
+    the horizon spans (K = J C J^T, the Gauss-Newton Gram matrix, n x n; one Gram
+    matrix's work)."""
+    be = problem.backend
+    lin = problem.model.make_jacobian(be.xp, problem.data, problem.dtype)(problem.y0)
+    K = np.asarray(be.to_numpy(lin.gram()), dtype=np.float64) / problem.data.n
+    return float(np.linalg.eigvalsh(0.5 * (K + K.T))[-1]) * t_end
+
+
+def choose(problem, t_end: float | None = None) -> tuple[str, str]:
+    """The method ``"auto"`` runs on ``problem`` up to ``t_end`` (None or inf: open-ended),
+    and why.
 
     Rules (docs/benchmarks.md, "Beating gradient descent", has the measurements):
 
@@ -36,11 +57,15 @@ def choose(problem) -> tuple[str, str]:
       gradient descent it wins on the four points at m = 1e3-1e5 in every regime
       measured except m = 1e5, gamma = 0.5 at error 1e-4 (a tie with plain dopri5 and
       GD there), and loses in wall time on digits (session 12 tables);
-    - smooth activations: ``"expgn3"`` (stiffness from the kernel's spectrum is what
-      limits explicit steps there; the exponential step takes it exactly). It beat
-      ``"expgn2"`` at equal accuracy on every tanh problem measured (session 14); plain
-      ``"dopri5"`` is faster where the kernel is small (gamma >= 1 over the horizons
-      measured) and on digits at tight tolerances over short horizons (t = 20).
+    - smooth activations: ``"expgn3"`` where the horizon spans many of the kernel's time
+      scales (``lambda_max(K/n) t_end >=`` :data:`STIFF_HORIZON` at initialisation, or
+      no finite ``t_end``): stiffness from the kernel's spectrum is what limits explicit
+      steps there, and the exponential step takes it exactly. It beat ``"expgn2"`` at
+      equal accuracy on every tanh problem measured (session 14). Below that,
+      ``"dopri5"``: nothing is stiff over the horizon, and plain dopri5 won every such
+      case measured (lambda_max t_end = 0.34 and 3: by up to 7x); expgn3 won at 68 and
+      above, except on digits at tight tolerances (t = 20: dopri5 2-3x). The kernel
+      grows in the condensed regime, so this is a rule for the horizon asked for.
     """
     model = problem.model
     if not hasattr(model, "make_jacobian"):
@@ -50,6 +75,13 @@ def choose(problem) -> tuple[str, str]:
         sc = model.scaling
         return "sliding", (f"ReLU kinks (gamma={sc.gamma:.3g}, gamma'={sc.gamma_prime:.3g}): "
                            "switching-aware steps")
+    if t_end is not None and math.isfinite(t_end):
+        stiff = kernel_horizon(problem, t_end)
+        if stiff < STIFF_HORIZON:
+            return "dopri5", (f"smooth activation, kernel not stiff over the horizon "
+                              f"(lambda_max(K/n) t_end = {stiff:.3g} < {STIFF_HORIZON:g})")
+        return "expgn3", (f"smooth activation, stiff kernel (lambda_max(K/n) t_end = "
+                          f"{stiff:.3g}): Gauss-Newton exponential steps")
     return "expgn3", "smooth activation: Gauss-Newton exponential steps"
 
 
@@ -69,12 +101,13 @@ def _switching(problem):
 
 
 def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=None,
-                     status_enum=None):
-    """The stepper for one of :data:`STRUCTURED` (``method_name`` says which ran)."""
+                     status_enum=None, t_end=None):
+    """The stepper for one of :data:`STRUCTURED` (``method_name`` says which ran;
+    ``t_end`` informs ``auto``'s choice)."""
     if method not in STRUCTURED:
         raise ConfigError(f"unknown structured method {method!r}; expected one of "
                           f"{list(STRUCTURED)}")
-    name, why = choose(problem) if method == "auto" else (method, "requested")
+    name, why = choose(problem, t_end) if method == "auto" else (method, "requested")
     be = problem.backend
     model, data = problem.model, problem.data
     if name in ("expgn2", "expgn3"):

@@ -215,7 +215,7 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
     elif method in STRUCTURED:
         stepper = build_structured(method, problem, rtol=rtol, atol=atol, first_step=first_step,
                                    error_ref=problem.y0 if error_norm == "displacement" else None,
-                                   status_enum=Status)
+                                   status_enum=Status, t_end=t_end)
         mode = "interpolate" if getattr(stepper, "has_dense", False) else "clip"
     else:
         tab = get_tableau("euler" if method == "gd" else method)
@@ -242,6 +242,8 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
                   rejected=stepper.rejected, wall_time=time.perf_counter() - t_wall,
                   method=getattr(stepper, "method_name", method))
     stats.extra.update(getattr(stepper, "extra_stats", {}))
+    if hasattr(stepper, "method_reason"):             # what auto chose, and why
+        stats.extra["method_reason"] = stepper.method_reason
     if hasattr(stepper, "loss_evals"):
         stats.extra["loss_evals"] = stepper.loss_evals
     options = {"method": method, "rtol": rtol, "atol": atol, "t_end": t_end,
