@@ -21,6 +21,10 @@ Usage::
     python benchmarks/beat_gd.py --data four_points --widths 1000 10000 \
         --gammas 0.5 1 1.75 2 --json out/beat_gd.json
 
+``--ref-cache DIR`` keeps each configuration's reference in ``DIR`` (computed once;
+``--ref-only`` stops after the references), so that long references and the ladders can
+run in separate processes, or on separate machines.
+
 The machine is shared: timings are side by side within one process, not absolute.
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -105,8 +110,17 @@ def first_reaching(pts, target):
     return math.nan, math.nan, math.nan
 
 
-def bench_one(data_name, m, gamma, args):
-    prob = make_problem(data_name, m, gamma, backend=args.backend)
+def reference(prob, data_name, m, gamma, args):
+    """T*, the state there and its error (see the module docstring), from
+    ``--ref-cache`` if it holds this configuration's, else computed (and saved there)."""
+    path = None
+    if args.ref_cache:
+        path = os.path.join(args.ref_cache, f"{data_name}_m{m}_g{gamma:g}_{args.ref_method}_"
+                                            f"{args.ref_tol:g}_loss{args.loss:g}.npz")
+        if os.path.exists(path):
+            with np.load(path) as z:
+                print(f"  reference from {path}", flush=True)
+                return {k: z[k] if k == "y_ref" else z[k].item() for k in z.files}
     t0 = time.perf_counter()
     ref = fs.solve(prob, args.ref_method, rtol=args.ref_tol, atol=args.ref_tol,
                    stop_at_loss=args.loss, save_at=[0.0], progress=False,
@@ -124,13 +138,27 @@ def bench_one(data_name, m, gamma, args):
     ref_err = float(np.abs(fs.solve(prob, args.ref_method, rtol=tight, atol=tight, t_end=T,
                                     save_at=[0.0], progress=False,
                                     max_steps=args.ref_max_steps).y_final - y_ref).max())
-    auto_name = fs.solvers.auto.choose(prob)[0]
+    out = {"T": T, "y_ref": y_ref, "ref_err": ref_err, "ref_status": str(ref.status),
+           "ref_nfev": ref.stats.nfev + ref.stats.njev, "ref_wall": ref_wall}
+    if path is not None:                          # atomically: a killed run leaves no file
+        os.makedirs(args.ref_cache, exist_ok=True)
+        tmp = path + ".part.npz"
+        np.savez(tmp, **out)
+        os.replace(tmp, path)
+    return out
+
+
+def bench_one(data_name, m, gamma, args):
+    prob = make_problem(data_name, m, gamma, backend=args.backend)
+    ref = reference(prob, data_name, m, gamma, args)
+    T, y_ref = ref["T"], ref["y_ref"]
     rows = {"data": data_name, "m": m, "gamma": gamma, "backend": args.backend, "T": T,
-            "ref_status": str(ref.status),
-            "ref_scale": float(np.abs(y_ref).max()),
-            "ref_nfev": ref.stats.nfev + ref.stats.njev, "ref_wall": ref_wall,
-            "ref_err": ref_err,
-            "auto": auto_name, "methods": {}}
+            "ref_status": ref["ref_status"], "ref_scale": float(np.abs(y_ref).max()),
+            "ref_nfev": ref["ref_nfev"], "ref_wall": ref["ref_wall"],
+            "ref_err": ref["ref_err"], "auto": fs.solvers.auto.choose(prob, T)[0],
+            "methods": {}}
+    if args.ref_only:
+        return rows
     tols = [10.0 ** (-k / 2) for k in range(6, 20)]     # 1e-3 .. 3e-10, half decades
     for method in args.methods:
         pts = ladder(prob, method, T, y_ref, tols, args.max_steps, args.time_budget)
@@ -192,6 +220,11 @@ def main(argv=None):
     ap.add_argument("--time-budget", type=float, default=60.0,
                     help="seconds per method ladder before stopping it")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--ref-cache", default=None,
+                    help="folder keeping the references (T*, the state there, its error) "
+                         "between runs, one .npz per configuration")
+    ap.add_argument("--ref-only", action="store_true",
+                    help="compute (or load) the references and stop")
     args = ap.parse_args(argv)
     all_rows = []
     for data_name in args.data:
