@@ -136,7 +136,10 @@ def _solve(p):
                            if k.endswith("_final") and ds[k].ndim == 0 and k != "t_final"
                            and not k.endswith("_max_final"))
         print(f"  t_final={float(ds['t_final']):.6g}  {finals}")
-        print(f"  nfev={a.get('stats_nfev')}  steps={a.get('stats_steps')}  "
+        why = a.get("stats_method_reason")          # what `auto` chose, and why
+        print(f"  method={a.get('stats_method')}" + (f" ({why})" if why else "") +
+              f"  nfev={a.get('stats_nfev')}  njev={a.get('stats_njev')}  "
+              f"steps={a.get('stats_steps')}  "
               f"wall_time={float(a.get('stats_wall_time', 0.0)):.3g} s  -> {args.out}")
         return 0 if a["status"] == "success" else 1
     return run

@@ -357,7 +357,8 @@ def test_cli_sweep_and_solve(cluster, tmp_path, capsys):
                         "--out", str(tmp_path / "one.nc")])
     assert code == 0
     one = fs.io.load(tmp_path / "one.nc")
-    assert one.attrs["status"] == "success" and "rd_w=" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert one.attrs["status"] == "success" and "rd_w=" in out and "method=dopri5 " in out
     np.testing.assert_allclose(float(one["rd_w_final"]),
                                float(ds["rd_w_final"].sel(gamma=1.0, seed=1).squeeze()),
                                rtol=1e-12)

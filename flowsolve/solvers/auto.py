@@ -74,7 +74,8 @@ def choose(problem, t_end: float | None = None) -> tuple[str, str]:
     act = getattr(getattr(model, "activation", None), "name", "")
     if act in ("relu", "leaky_relu") and hasattr(model, "make_switching"):
         sc = model.scaling
-        return "sliding", (f"ReLU kinks (gamma={sc.gamma:.3g}, gamma'={sc.gamma_prime:.3g}): "
+        return "sliding", (f"ReLU kinks (gamma={sc.gamma + 0.0:.3g}, "      # + 0.0: no -0
+                           f"gamma'={sc.gamma_prime + 0.0:.3g}): "
                            "switching-aware steps")
     if t_end is not None and math.isfinite(t_end):
         stiff = kernel_horizon(problem, t_end)
