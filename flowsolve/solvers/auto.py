@@ -6,7 +6,7 @@ for :func:`flowsolve.solvers.driver.solve`:
 - ``"expgn2"``, ``"expgn3"``: exponential (ETD2RK; ETDRK3 with an embedded
   second-order solution) steps with the Gauss-Newton linearisation
   (:mod:`.exponential`); need ``model.make_jacobian``.
-- ``"sliding"``: explicit Runge-Kutta (Dormand-Prince 5(4)) on the ReLU flow with
+- ``"sliding"``: explicit Runge-Kutta (Bogacki-Shampine 3(2)) on the ReLU flow with
   sliding neurons held on their switching surfaces (:mod:`.sliding`); needs
   ``model.make_switching`` (ReLU family).
 - ``"auto"``: picks one of them (or ``"dopri5"``) from the problem and the horizon (see

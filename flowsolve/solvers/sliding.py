@@ -5,8 +5,8 @@ pre-activation ``w_k . x~_i`` changes sign. A plain adaptive method either shrin
 step onto every crossing or, where neurons are pushed onto a surface from both sides,
 chatters along it at a cost ~ 1/tol. This stepper
 
-1. steps the whole state with the Dormand-Prince 5(4) tableau of the shared engine on the
-   *sliding-mode* right-hand side: pairs in the sliding set ``S`` are held on their
+1. steps the whole state with an explicit tableau of the shared engine (Bogacki-Shampine
+   3(2) by default) on the *sliding-mode* right-hand side: pairs in the sliding set ``S`` are held on their
    surfaces by the Filippov equivalent control ``sigma'(0) = theta`` (smooth between
    events);
 2. finds the *event neurons* of the trial step: a pair outside ``S`` whose
@@ -21,6 +21,14 @@ chatters along it at a cost ~ 1/tol. This stepper
 
 The events of a step are thus handled together, whatever their number; a neuron that
 slides costs nothing more once it is in ``S``.
+
+Why a third-order base tableau: the event handling is first order in the step (the
+event neurons' feedback on the residual within a step is neglected, docs/nonsmooth.md),
+and it limits the accuracy wherever neurons cross surfaces. So the base step's own
+order buys little, and cheaper steps win. ``bs3`` (3 RHS per step) reached the same
+errors with 1.3-4x fewer RHS-equivalents than ``dopri5`` (6 per step) on the four points
+at every measured regime, and 1.7x fewer in the critical regime on digits
+(docs/benchmarks.md, session 15).
 """
 
 from __future__ import annotations
@@ -51,7 +59,8 @@ class _MaskedBackend:
 
 
 class SlidingStepper(RKStepper):
-    """Dormand-Prince steps with batched switching events (see the module docstring).
+    """Explicit Runge-Kutta steps (``tableau``, default ``"bs3"``) with batched switching
+    events (see the module docstring).
 
     Parameters
     ----------
@@ -62,10 +71,12 @@ class SlidingStepper(RKStepper):
         As for :class:`~.rk.RKStepper`.
     substeps : int
         RK4 substeps of the event re-integration per step.
+    tableau : str
+        The base step's tableau (:data:`~.tableaus.TABLEAUS`, adaptive ones).
     """
 
     def __init__(self, switching, backend, y0, *, rtol=1e-6, atol=1e-9, dt=None,
-                 error_ref=None, status_enum=None, substeps=8, tableau="dopri5"):
+                 error_ref=None, status_enum=None, substeps=8, tableau="bs3"):
         self.sw = switching
         self.keep = None
         self.substeps = int(substeps)
