@@ -11,7 +11,8 @@ Compiled twins of the NumPy code in :class:`flowsolve.models.two_layer_structure
 
 Every neuron is independent given the residual, so the entry points loop over neurons
 serially or, with ``nchunks > 1``, ``prange`` over chunks of them. Per neuron the work is
-O(n D) per stage on arrays of n and D entries (scratch allocated once per chunk).
+O(n D) per stage on arrays of n and D entries (scratch allocated once per chunk); for a
+neuron without sliding pairs an RK4 substep needs one O(n D) pass (:func:`_rk4_frozen`).
 
 Conventions as in the model: ``X`` (n, D) the augmented inputs ``x~_i``, ``XX = X X^T``,
 ``P`` the frozen ``sigma'`` pattern (1 above the surface, ``lo`` below), ``S`` the

@@ -6,9 +6,9 @@ step onto every crossing or, where neurons are pushed onto a surface from both s
 chatters along it at a cost ~ 1/tol. This stepper
 
 1. steps the whole state with an explicit tableau of the shared engine (Bogacki-Shampine
-   3(2) by default) on the *sliding-mode* right-hand side: pairs in the sliding set ``S`` are held on their
-   surfaces by the Filippov equivalent control ``sigma'(0) = theta`` (smooth between
-   events);
+   3(2) by default) on the *sliding-mode* right-hand side: pairs in the sliding set
+   ``S`` are held on their surfaces by the Filippov equivalent control
+   ``sigma'(0) = theta`` (smooth between events);
 2. finds the *event neurons* of the trial step: a pair outside ``S`` whose
    pre-activation changed sign between the step's ends, or a sliding pair whose control
    left ``[sigma'(0-), 1]``;
