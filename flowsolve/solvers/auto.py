@@ -56,8 +56,9 @@ def choose(problem, t_end: float | None = None) -> tuple[str, str]:
       digits at m = 1000 the exponential steps stayed at h ~ 0.07 as well). Against
       gradient descent it wins on the four points at m = 1e3-1e5 in every regime
       measured except m = 1e5, gamma = 0.5 at error 1e-4 (a tie with plain dopri5 and
-      GD there); on digits it beats GD at errors ~1e-3 by 1.2-2.3x in wall time, and by
-      more below (session 15 tables);
+      GD there); on digits, at errors ~1e-3, it is level with GD in wall time in the
+      linear regime (1.0-1.2x) and 2.3x ahead in the critical regime, and further
+      ahead at smaller errors (session 15 tables);
     - smooth activations: ``"expgn3"`` where the horizon spans many of the kernel's time
       scales (``lambda_max(K/n) t_end >=`` :data:`STIFF_HORIZON` at initialisation, or
       no finite ``t_end``): stiffness from the kernel's spectrum is what limits explicit
