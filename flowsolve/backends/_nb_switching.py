@@ -197,6 +197,11 @@ def _dot(u, v):
     return s
 
 
+_RK4_C = (0.0, 0.5, 0.5, 1.0)      # classical RK4: nodes,
+_RK4_B = (1.0, 2.0, 2.0, 1.0)      # weights times 6,
+_RK4_V = (0, 1, 1, 2)              # and which of v(t0), v(t0 + dt/2), v(t0 + dt) each uses
+
+
 @njit(cache=True)
 def _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, e2, kw, wt, w_out, G, gi, vs,
                 vkey):
@@ -217,30 +222,25 @@ def _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, e2, kw, wt, w_out, G, g
     _residual_at(R, h, t0 + dt, G, gi + 2 if gi >= 0 else -1, e2)
     _pattern_sum2(P, e, e2, X, vs[1], vs[2])
     vkey[0] = gi + 2 if gi >= 0 else -1
-    k1 = ca_n * _dot(w, vs[0])
-    f = cw_n * a
     for j in range(D):
-        kw[0, j] = f * vs[0, j]
-        wt[j] = w[j] + 0.5 * dt * kw[0, j]
-    a2 = a + 0.5 * dt * k1
-    k2 = ca_n * _dot(wt, vs[1])
-    f = cw_n * a2
+        wt[j] = w[j]
+    at = a
+    acc = 0.0                               # sum of b_s k_s for a (times 6)
+    for s in range(4):
+        v = vs[_RK4_V[s]]
+        ks = ca_n * _dot(wt, v)
+        acc += _RK4_B[s] * ks
+        f = cw_n * at
+        for j in range(D):
+            kw[s, j] = f * v[j]
+        if s < 3:                           # the next stage's state
+            c = _RK4_C[s + 1] * dt
+            at = a + c * ks
+            for j in range(D):
+                wt[j] = w[j] + c * kw[s, j]
     for j in range(D):
-        kw[1, j] = f * vs[1, j]
-        wt[j] = w[j] + 0.5 * dt * kw[1, j]
-    a3 = a + 0.5 * dt * k2
-    k3 = ca_n * _dot(wt, vs[1])
-    f = cw_n * a3
-    for j in range(D):
-        kw[2, j] = f * vs[1, j]
-        wt[j] = w[j] + dt * kw[2, j]
-    a4 = a + dt * k3
-    k4 = ca_n * _dot(wt, vs[2])
-    f = cw_n * a4
-    for j in range(D):
-        kw[3, j] = f * vs[2, j]
         w_out[j] = w[j] + dt / 6.0 * (kw[0, j] + 2 * kw[1, j] + 2 * kw[2, j] + kw[3, j])
-    return a + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return a + dt / 6.0 * acc
 
 
 @njit(cache=True)

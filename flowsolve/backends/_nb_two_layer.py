@@ -422,6 +422,17 @@ def crossing_rows(W0, W1, X, flag, nchunks):
 # the same passes with the products in BLAS (n > SMALL_N): blocks of ``SB`` neurons per
 # thread, each block's pre-activations ``W_b X^T`` (SB, n) by one single-threaded GEMM
 @njit(inline="always")
+def _block_pre(A, B, XT, s0, s1, P, Q):
+    """Rows ``s0:s1`` of ``A XT`` and ``B XT`` into the leading rows of ``P``, ``Q``
+    (two GEMMs); returns those views."""
+    Pb = P[:s1 - s0]
+    Qb = Q[:s1 - s0]
+    np.dot(A[s0:s1], XT, Pb)
+    np.dot(B[s0:s1], XT, Qb)
+    return Pb, Qb
+
+
+@njit(inline="always")
 def _rate_block(P, Q, a, fa, lo, e, rate):
     bs, n = P.shape
     for k in range(bs):
@@ -449,10 +460,7 @@ def residual_rate_blas(a, W, fa, FW, XT, sk, si, lo, SB, nchunks):
         Q = np.empty((SB, n), dtype=W.dtype)
         for s0 in range(lo_k, hi_k, SB):
             s1 = min(s0 + SB, hi_k)
-            Pb = P[:s1 - s0]
-            Qb = Q[:s1 - s0]
-            np.dot(W[s0:s1], XT, Pb)
-            np.dot(FW[s0:s1], XT, Qb)
+            Pb, Qb = _block_pre(W, FW, XT, s0, s1, P, Q)
             _rate_block(Pb, Qb, a[s0:s1], fa[s0:s1], lo, pe[c], pr[c])
     e = pe.sum(axis=0)
     rate = pr.sum(axis=0)
@@ -477,10 +485,7 @@ def crossing_rows_blas(W0, W1, XT, flag, SB, nchunks):
         P1 = np.empty((SB, n), dtype=W0.dtype)
         for s0 in range(lo_k, hi_k, SB):
             s1 = min(s0 + SB, hi_k)
-            A = P0[:s1 - s0]
-            B = P1[:s1 - s0]
-            np.dot(W0[s0:s1], XT, A)
-            np.dot(W1[s0:s1], XT, B)
+            A, B = _block_pre(W0, W1, XT, s0, s1, P0, P1)
             for kk in range(s1 - s0):
                 f = False
                 for i in range(n):
