@@ -1,0 +1,151 @@
+"""Digits (n = 256, d = 64) to the issue's T*: `sliding` against gradient descent.
+
+The issue's measure is the parameter error at T*, the time at which the loss falls to
+1e-4. On digits in the linear regime (m = 1000, gamma = 0.5) T* is ~2e4 in normalised
+time, so every run here takes minutes to an hour on one thread, and the runs are made one
+per process and kept on disk (``--out DIR``), then compared (``report``):
+
+``run METHOD TOL``
+    ``sliding`` (or another adaptive method) at rtol = atol = TOL, stopping at loss
+    1e-4; ``gd`` with ``dt = TOL``, to ``--t-end``. Full states are kept at the
+    snapshot times ``--snap-from``, ``--snap-from + --snap-every``, ... (landed exactly
+    by GD when they are multiples of dt). Writes ``DIR/METHOD_TOL.npz`` atomically.
+``report``
+    For every pair of GD runs at dt and dt/2, the Richardson limit ``2 y(dt/2) - y(dt)``
+    at each snapshot time (gradient descent converges at first order to the Filippov
+    solution, docs/nonsmooth.md). The reference is the limit from the two smallest
+    steps; its distance to the limit from the next pair is printed as its uncertainty.
+    T* is the first time an adaptive run's loss is below 1e-4; errors
+    ``max_j |y_j - y_ref,j|`` are taken at the last snapshot time before the earliest T*
+    (the loss there is printed). GD's error is first order in dt, so the step count that
+    reaches an error target is extrapolated from its finest run (marked ~).
+
+Usage (one thread each; two runs at a time on this 2-core machine)::
+
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+        python benchmarks/digits_tstar.py --out out/tstar run gd 0.5
+    ... run gd 0.25;  ... run gd 0.125;  ... run sliding 1e-6;  ... run sliding 1e-7
+    python benchmarks/digits_tstar.py --out out/tstar report
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import tempfile
+import time
+
+import numpy as np
+
+import flowsolve as fs
+
+
+def problem(width, gamma):
+    data = fs.datasets.digits(n=256)
+    return fs.Problem(fs.TwoLayer(width, fs.Scaling.from_gammas(gamma, 0.0, width), asi=True),
+                      data, seed=0, backend="numba")
+
+
+def save_npz(path, **arrays):
+    """Write ``path`` atomically (a temporary file in the same folder, then rename)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".npz")
+    os.close(fd)
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def run(args):
+    prob = problem(args.width, args.gamma)
+    snaps = np.arange(args.snap_from, args.t_end + 1e-9, args.snap_every)
+    fs.solve(prob, args.method, t_end=1.0, dt=0.5, rtol=1e-3, atol=1e-3, progress=False)  # compile
+    if args.method == "gd":
+        kw = dict(dt=args.tol, t_end=args.t_end)
+    else:
+        kw = dict(rtol=args.tol, atol=args.tol, t_end=args.t_end, stop_at_loss=args.loss)
+    t0 = time.perf_counter()
+    sol = fs.solve(prob, args.method, save_at=20, snapshots=snaps, progress=args.progress,
+                   max_steps=10**8, **kw)
+    wall = time.perf_counter() - t0
+    st = sol.stats
+    print(f"{args.method} {args.tol:g}: {sol.message}; nfev {st.nfev}, njev {st.njev}, "
+          f"steps {st.steps}, rejected {st.rejected}, {wall:.1f} s")
+    save_npz(os.path.join(args.out, f"{args.method}_{args.tol:g}.npz"),
+             method=args.method, tol=args.tol, t=sol.t, loss=sol.loss, wall=wall,
+             nfev=st.nfev, njev=st.njev, steps=st.steps, rejected=st.rejected,
+             snap_t=np.array([t for t, _ in sol.snapshots]),
+             snap_y=np.array([y for _, y in sol.snapshots]))
+
+
+def load(out):
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(out, "*.npz"))):
+        z = np.load(path)
+        runs[(str(z["method"]), float(z["tol"]))] = {k: z[k] for k in z.files}
+    return runs
+
+
+def report(args):
+    runs = load(args.out)
+    gd = sorted((tol, r) for (m, tol), r in runs.items() if m == "gd")
+    adaptive = sorted((k, r) for k, r in runs.items() if k[0] != "gd")
+    if len(gd) < 2 or not adaptive:
+        raise SystemExit("report needs at least two GD runs and one adaptive run")
+    t_star = min(float(r["t"][-1]) for _, r in adaptive)
+    common = set.intersection(*(set(np.round(r["snap_t"], 9)) for _, r in gd + adaptive))
+    ts = max(t for t in common if t <= t_star)
+
+    def at(r):
+        return r["snap_y"][int(np.argmin(np.abs(r["snap_t"] - ts)))]
+
+    def loss_at(r):
+        return float(np.interp(ts, r["t"], r["loss"]))
+
+    limits = [(gd[i][0], 2 * at(gd[i][1]) - at(gd[i + 1][1])) for i in range(len(gd) - 1)]
+    y_ref = limits[0][1]
+    print(f"# digits m = {args.width}, gamma = {args.gamma}; T* (first adaptive loss stop) = "
+          f"{t_star:.6g}; errors at t = {ts:g} (reference loss {loss_at(gd[0][1]):.3g})")
+    if len(limits) > 1:
+        print(f"# reference: GD Richardson limit from dt = {gd[0][0]:g}, {gd[1][0]:g}; its "
+              f"distance to the limit from dt = {gd[1][0]:g}, {gd[2][0]:g}: "
+              f"{np.abs(limits[1][1] - y_ref).max():.2e}")
+    print(f"{'method':>8} {'rtol/dt':>8} {'error':>9} {'RHS-eq':>9} {'steps':>8} {'wall s':>8}"
+          f" {'T*':>9}")
+    for (m, tol), r in adaptive:
+        err = np.abs(at(r) - y_ref).max()
+        print(f"{m:>8} {tol:>8.0e} {err:9.2e} {int(r['nfev'] + r['njev']):9d} "
+              f"{int(r['steps']):8d} {float(r['wall']):8.1f} {float(r['t'][-1]):9.6g}")
+    for tol, r in gd:
+        err = np.abs(at(r) - y_ref).max()
+        n = int(round(ts / tol))
+        print(f"{'gd':>8} {tol:>8g} {err:9.2e} {n:9d} {n:8d} "
+              f"{float(r['wall']) * ts / float(r['t'][-1]):8.1f}")
+    dt, r = gd[0]
+    err = np.abs(at(r) - y_ref).max()
+    for target in (1e-3, 1e-4, 1e-6):
+        print(f"# GD to {target:g}: ~{ts / (dt * target / err):.3g} steps (first order from "
+              f"dt = {dt:g})")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--width", type=int, default=1000)
+    ap.add_argument("--gamma", type=float, default=0.5)
+    ap.add_argument("--t-end", type=float, default=26000.0)
+    ap.add_argument("--loss", type=float, default=1e-4)
+    ap.add_argument("--snap-from", type=float, default=10000.0)
+    ap.add_argument("--snap-every", type=float, default=500.0)
+    ap.add_argument("--progress", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("method")
+    r.add_argument("tol", type=float)
+    sub.add_parser("report")
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    run(args) if args.cmd == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
