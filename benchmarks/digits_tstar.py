@@ -85,12 +85,25 @@ def load(out):
     return runs
 
 
+def distances(y, y_ref, model, x):
+    """``(max, median neuron, rms, output)`` distances between two states: the max norm,
+    the median over neurons of each neuron's max norm, the RMS norm, and the max over the
+    data of the network outputs' difference."""
+    d = np.abs(y - y_ref)
+    parts = model.unpack(d)
+    per_neuron = np.maximum(parts["a"], parts["w"].max(axis=1))
+    out = np.abs(model.predict(y, x) - model.predict(y_ref, x)).max()
+    return d.max(), float(np.median(per_neuron)), float(np.sqrt((d**2).mean())), float(out)
+
+
 def report(args):
     runs = load(args.out)
     gd = sorted((tol, r) for (m, tol), r in runs.items() if m == "gd")
     adaptive = sorted((k, r) for k, r in runs.items() if k[0] != "gd")
     if len(gd) < 2 or not adaptive:
         raise SystemExit("report needs at least two GD runs and one adaptive run")
+    prob = problem(args.width, args.gamma)
+    model, x = prob.model, prob.data.x
     t_star = min(float(r["t"][-1]) for _, r in adaptive)
     common = set.intersection(*(set(np.round(r["snap_t"], 9)) for _, r in gd + adaptive))
     ts = max(t for t in common if t <= t_star)
@@ -104,27 +117,29 @@ def report(args):
     limits = [(gd[i][0], 2 * at(gd[i][1]) - at(gd[i + 1][1])) for i in range(len(gd) - 1)]
     y_ref = limits[0][1]
     print(f"# digits m = {args.width}, gamma = {args.gamma}; T* (first adaptive loss stop) = "
-          f"{t_star:.6g}; errors at t = {ts:g} (reference loss {loss_at(gd[0][1]):.3g})")
-    if len(limits) > 1:
-        print(f"# reference: GD Richardson limit from dt = {gd[0][0]:g}, {gd[1][0]:g}; its "
-              f"distance to the limit from dt = {gd[1][0]:g}, {gd[2][0]:g}: "
-              f"{np.abs(limits[1][1] - y_ref).max():.2e}")
-    print(f"{'method':>8} {'rtol/dt':>8} {'error':>9} {'RHS-eq':>9} {'steps':>8} {'wall s':>8}"
-          f" {'T*':>9}")
-    for (m, tol), r in adaptive:
-        err = np.abs(at(r) - y_ref).max()
-        print(f"{m:>8} {tol:>8.0e} {err:9.2e} {int(r['nfev'] + r['njev']):9d} "
-              f"{int(r['steps']):8d} {float(r['wall']):8.1f} {float(r['t'][-1]):9.6g}")
+          f"{t_star:.6g}; errors at t = {ts:g}")
+    print(f"# reference: GD Richardson limit 2 y(dt) - y(2 dt) from dt = {gd[0][0]:g}")
+    print("# distances: max |y - y_ref|, median over neurons of a neuron's max, RMS, "
+          "max over the data of |f - f_ref|")
+    head = f"{'run':>16} {'loss':>9} {'max':>9} {'neuron':>9} {'rms':>9} {'output':>9}"
+    print(head + f" {'RHS-eq':>9} {'steps':>8} {'wall s':>8}")
+    rows = [(f"{m} {tol:g}", r, int(r["nfev"] + r["njev"]), int(r["steps"]), float(r["wall"]))
+            for (m, tol), r in adaptive]
     for tol, r in gd:
-        err = np.abs(at(r) - y_ref).max()
         n = int(round(ts / tol))
-        print(f"{'gd':>8} {tol:>8g} {err:9.2e} {n:9d} {n:8d} "
-              f"{float(r['wall']) * ts / float(r['t'][-1]):8.1f}")
-    dt, r = gd[0]
-    err = np.abs(at(r) - y_ref).max()
-    for target in (1e-3, 1e-4, 1e-6):
-        print(f"# GD to {target:g}: ~{ts / (dt * target / err):.3g} steps (first order from "
-              f"dt = {dt:g})")
+        rows.append((f"gd {tol:g}", r, n, n, float(r["wall"]) * ts / float(r["t"][-1])))
+    for name, r, work, steps, wall in rows:
+        dist = distances(at(r), y_ref, model, x)
+        print(f"{name:>16} {loss_at(r):9.3e} " + " ".join(f"{v:9.2e}" for v in dist)
+              + f" {work:9d} {steps:8d} {wall:8.1f}")
+    for dt, y_lim in limits[1:]:
+        dist = distances(y_lim, y_ref, model, x)
+        name = f"Richardson {dt:g}"
+        print(f"{name:>16} {'':>9} " + " ".join(f"{v:9.2e}" for v in dist))
+    print("# successive GD runs, |y(dt) - y(dt/2)| (first order: halves with dt)")
+    for (dt2, r2), (dt1, r1) in zip(gd[:-1], gd[1:]):
+        dist = distances(at(r1), at(r2), model, x)
+        print(f"{f'{dt1:g} - {dt2:g}':>16} {'':>9} " + " ".join(f"{v:9.2e}" for v in dist))
 
 
 def main(argv=None):
