@@ -25,7 +25,8 @@ Usage (one thread each; two runs at a time on this 2-core machine)::
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
         python benchmarks/digits_tstar.py --out out/tstar run gd 0.5
-    ... run gd 0.25;  ... run gd 0.125;  ... run sliding 1e-6;  ... run sliding 1e-7
+    ... run gd 0.25;  ... run gd 0.125;  ... --t-end 21000 run gd 0.0625
+    ... --t-end 19000 run gd 0.03125;  ... run sliding 1e-6;  ... run sliding 1e-7
     python benchmarks/digits_tstar.py --out out/tstar report
 """
 
