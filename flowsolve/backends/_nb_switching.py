@@ -239,7 +239,10 @@ def _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, e2, kw, wt, w_out, G, g
             for j in range(D):
                 wt[j] = w[j] + c * kw[s, j]
     for j in range(D):
-        w_out[j] = w[j] + dt / 6.0 * (kw[0, j] + 2 * kw[1, j] + 2 * kw[2, j] + kw[3, j])
+        sw = 0.0
+        for s in range(4):
+            sw += _RK4_B[s] * kw[s, j]
+        w_out[j] = w[j] + dt / 6.0 * sw
     return a + dt / 6.0 * acc
 
 
