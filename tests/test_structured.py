@@ -426,6 +426,16 @@ def test_compiled_switching_matches_numpy(d, act, parallel):
     np.testing.assert_allclose(fast.last_e, ref.last_e, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(fast.last_theta, ref.last_theta, rtol=1e-9, atol=1e-12)
     assert np.count_nonzero(ref.last_theta) >= 3
+    # d = 3, serial: the sliding rows are folded into the blocked BLAS pass; check it in
+    # blocks of 16 neurons too (rows 1, 7 and 19 fall in three of them)
+    folds = fast.plain.rhs_sliding(y, np.empty_like(y), *fast.sliding_rows, fast.c.XX, 0.0)
+    assert (folds is not None) == (d == 3 and not parallel)
+    if folds is not None:
+        fast.plain.rows, fast.plain._pre = 16, None
+        o_blk = np.empty_like(y)
+        assert fast.rhs(y, o_blk) == pytest.approx(l_ref, rel=1e-12)
+        np.testing.assert_allclose(o_blk, o_ref, rtol=1e-10, atol=1e-12 * np.abs(o_ref).max())
+        np.testing.assert_allclose(fast.last_theta, ref.last_theta, rtol=1e-9, atol=1e-12)
     for a, b in zip(fast.residual_rate(y, o_ref), ref.residual_rate(y, o_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     y1 = y + 0.2 * rng.standard_normal(y.shape)

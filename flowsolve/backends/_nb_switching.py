@@ -4,6 +4,8 @@ Compiled twins of the NumPy code in :class:`flowsolve.models.two_layer_structure
 
 - :func:`neuron_rhs` is ``Switching._neuron_rhs`` plus the equivalent controls, for the
   rows of neurons with sliding pairs (``Switching.rhs`` on the compiled path);
+  :func:`sliding_rows` is its middle part, for the caller that does the two O(q n D)
+  products in BLAS;
 - :func:`integrate_neurons` is ``Switching.integrate_neurons``: the event neurons of a
   step re-integrated through their switching events against the cubic Hermite residual
   of the step, one neuron at a time (the NumPy code is batched over neurons; the steps,
@@ -34,7 +36,9 @@ _FAST = {"reassoc", "contract"}
 def _controls(g, S, e, XX):
     """Equivalent controls of one neuron's sliding pairs, written into ``g`` (n,) on
     ``S`` (see ``two_layer_structure.controls``): ``sum_j e_j g_j XX_ji = 0`` for ``i`` in
-    ``S``; one pair in closed form, several by least squares."""
+    ``S``; one pair in closed form, several through the Cholesky factor of ``XX`` on
+    ``S`` (the system is ``XX_SS diag(e_S) theta = b``), by least squares where that is
+    singular or ill-conditioned. ``XX`` is symmetric (rows are read for columns)."""
     n = g.shape[0]
     p = 0
     for i in range(n):
@@ -49,7 +53,7 @@ def _controls(g, S, e, XX):
             i += 1
         num = 0.0
         for j in range(n):
-            num += g[j] * e[j] * XX[j, i]
+            num += g[j] * e[j] * XX[i, j]
         den = e[i] * XX[i, i]
         g[i] = -num / den if den != 0.0 else 0.0
         return
@@ -59,13 +63,55 @@ def _controls(g, S, e, XX):
         if S[i]:
             idx[q] = i
             q += 1
-    A = np.empty((p, p))
     b = np.empty(p)
+    emax = 0.0
+    dmax = 0.0
     for r in range(p):
         s = 0.0
         for j in range(n):
-            s += g[j] * e[j] * XX[j, idx[r]]
+            s += g[j] * e[j] * XX[idx[r], j]
         b[r] = -s
+        emax = max(emax, abs(e[idx[r]]))
+        dmax = max(dmax, XX[idx[r], idx[r]])
+    # Cholesky XX_SS = L L^T while the system is well conditioned (pivots above 1e-6 of
+    # the largest diagonal, |e| on S within 1e4 of its largest): there least squares
+    # (rcond ~ p eps) would return the same unique solution
+    L = np.zeros((p, p))
+    ok = emax > 0.0
+    for r in range(p):
+        if abs(e[idx[r]]) <= 1e-4 * emax:
+            ok = False
+    c = 0
+    while ok and c < p:
+        s = XX[idx[c], idx[c]]
+        for k in range(c):
+            s -= L[c, k] * L[c, k]
+        if s <= 1e-6 * dmax:
+            ok = False
+            break
+        L[c, c] = np.sqrt(s)
+        for r in range(c + 1, p):
+            s = XX[idx[r], idx[c]]
+            for k in range(c):
+                s -= L[r, k] * L[c, k]
+            L[r, c] = s / L[c, c]
+        c += 1
+    if ok:
+        for r in range(p):                  # L z = b
+            s = b[r]
+            for k in range(r):
+                s -= L[r, k] * b[k]
+            b[r] = s / L[r, r]
+        for r in range(p - 1, -1, -1):      # L^T u = z, theta = u / e_S
+            s = b[r]
+            for k in range(r + 1, p):
+                s -= L[k, r] * b[k]
+            b[r] = s / L[r, r]
+        for r in range(p):
+            g[idx[r]] = b[r] / e[idx[r]]
+        return
+    A = np.empty((p, p))
+    for r in range(p):
         for c in range(p):
             A[r, c] = XX[idx[r], idx[c]] * e[idx[c]]
     th = np.linalg.lstsq(A, b, rcond=_EPS * p)[0]
@@ -462,6 +508,41 @@ def integrate_neurons(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, nchunks):
             k1 = (c + 1) * q // nchunks
             _neuron_range(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1, G)
     return cost.sum()
+
+
+@njit(cache=True)
+def sliding_rows(pre, rk, S, e, XX, lo, a, ca_n, cw_n, G, out_a, theta):
+    """:func:`neuron_rhs` given the pre-activations ``pre[rk[j]]`` (n,) ``= W_j X^T`` of
+    the q neurons ``a`` (q,), ``S`` (q, n) (computed by BLAS for large ``n D``): writes
+    ``out_a`` (q,), the controls ``theta`` (q, n) and ``G`` (q, n), ``cw_n a sigma' e``
+    with the controls on the sliding pairs, so that ``dw = G X`` (one more product, left
+    to the caller)."""
+    q = rk.shape[0]
+    n = pre.shape[1]
+    g = np.empty(n)
+    for k in range(q):
+        row = pre[rk[k]]
+        sda = 0.0
+        for i in range(n):
+            if S[k, i]:
+                g[i] = 0.0
+            else:
+                g[i] = 1.0 if row[i] > 0 else lo
+                sda += g[i] * row[i] * e[i]
+        _controls(g, S[k], e, XX)
+        out_a[k] = ca_n * sda
+        ck = cw_n * a[k]
+        for i in range(n):
+            theta[k, i] = g[i] if S[k, i] else 0.0
+            G[k, i] = ck * g[i] * e[i]
+
+
+@njit(cache=True)
+def scatter_rows(P, rk, G, out_a, da):
+    """``P[rk[j]] = G[j]`` and ``out_a[rk[j]] = da[j]`` (the folded sliding rows)."""
+    for j in range(rk.shape[0]):
+        P[rk[j]] = G[j]
+        out_a[rk[j]] = da[j]
 
 
 @njit(cache=True)

@@ -252,6 +252,7 @@ class NumbaBackend:
             return None
         k = _TwoLayerKernels(self, model, data, dtype)
         k.rhs = k.rhs_blas if plan == "blas" else k.rhs_fused
+        k.plan = plan
         return k
 
     @staticmethod
@@ -350,6 +351,7 @@ class _TwoLayerKernels:
         self.rows = min(self.M, max(256, _BLAS_BLOCK // n))        # BLAS block of neurons
         self._pre = None
         self._pre_all = None
+        self.plan = None         # "blas" or "fused" where a Switching uses these kernels
         self.last_r = None       # residual (n,) float64 of the last RHS
 
     # -- fused streaming ----------------------------------------------------------------
@@ -413,11 +415,23 @@ class _TwoLayerKernels:
         ``Switching.rhs``)."""
         q = a.shape[0]
         out_a = np.empty(q, dtype=self.dtype)
-        out_w = np.empty((q, self.D), dtype=self.dtype)
         theta = np.empty((q, self.n), dtype=self.dtype)
+        e = np.ascontiguousarray(e, dtype=self.dtype)
+        if self.n > SMALL_N:
+            # the two passes over the inputs as products, as in rhs_blas: late on digits
+            # (n = 256) two thirds of the neurons slide, and the per-neuron loops took
+            # twice as long as the plain RHS of every neuron
+            with _BlasThreads(1):
+                pre = np.asarray(W, dtype=self.dtype) @ self.xtT
+                G = np.empty_like(pre)
+                sw.sliding_rows(pre, np.arange(q), np.ascontiguousarray(S), e, XX, float(lo),
+                                np.asarray(a, dtype=self.dtype), self.ca_n, self.cw_n, G,
+                                out_a, theta)
+                return out_a, G @ self.xt, theta
+        out_w = np.empty((q, self.D), dtype=self.dtype)
         sw.neuron_rhs(np.ascontiguousarray(a), np.ascontiguousarray(W),
-                      np.ascontiguousarray(S), np.ascontiguousarray(e, dtype=self.dtype),
-                      self.xt, XX, float(lo), self.ca_n, self.cw_n, out_a, out_w, theta)
+                      np.ascontiguousarray(S), e, self.xt, XX, float(lo), self.ca_n,
+                      self.cw_n, out_a, out_w, theta)
         return out_a, out_w, theta
 
     def integrate_neurons(self, a, W, S, e_of, h, substeps, XX, lo):
@@ -455,10 +469,44 @@ class _TwoLayerKernels:
         return float(r @ r) / (2.0 * self.n)
 
     # -- BLAS ---------------------------------------------------------------------------
-    def rhs_blas(self, y, out):
+    def rhs_sliding(self, y, out, rows, sub, XX, lo):
+        """The sliding-mode RHS (``Switching.rhs``) in one pass: :meth:`rhs_blas` with the
+        neurons ``rows`` (r,) (ascending), whose pairs ``sub`` (r, n) slide, given their
+        velocities with the equivalent controls in the same products. Returns ``(loss,
+        theta (r, n))``, or None where the plain pass is not the blocked one (fused
+        kernels, or the threaded BLAS path): the caller then recomputes the rows with
+        :meth:`neuron_rhs`."""
+        if self.plan != "blas" or (
+                self.n > SMALL_N and self.be._par(self.M * self.n * self.D,
+                                                  self.be.blas_threshold)):
+            return None
+        theta = np.empty((rows.shape[0], self.n), dtype=self.dtype)
+        loss = self.rhs_blas(y, out, (np.asarray(rows), np.ascontiguousarray(sub), XX,
+                                      float(lo), theta))
+        return loss, theta
+
+    def _fold_sliding(self, sliding, b0, b1, P, a, e, oa, done=None):
+        """The sliding rows of the block ``[b0, b1)`` in :meth:`rhs_blas`: called with the
+        block's pre-activations ``P`` before the backward kernel (returns their rows'
+        velocities), then after it with these, to overwrite their ``oa`` and their rows
+        of ``P`` (``c_w a_k sigma' e`` with the controls on the sliding pairs)."""
+        rows, sub, XX, lo, theta = sliding
+        i0, i1 = np.searchsorted(rows, (b0, b1))
+        rk = rows[i0:i1] - b0
+        if done is None:
+            G = np.empty((rk.shape[0], self.n), dtype=self.dtype)
+            da = np.empty(rk.shape[0], dtype=self.dtype)
+            sw.sliding_rows(P, rk, sub[i0:i1], e, XX, lo, a[rk], self.ca_n, self.cw_n, G,
+                            da, theta[i0:i1])
+            return G, da
+        sw.scatter_rows(P, rk, done[0], oa, done[1])
+        return None
+
+    def rhs_blas(self, y, out, sliding=None):
         """As :meth:`rhs_fused`, with the matrix products in BLAS: on Numba's threads from
         ``blas_threshold`` (:meth:`_rhs_threaded`), else in blocks of ``rows`` on one BLAS
-        thread (Numba row kernels for n <= ``SMALL_N``)."""
+        thread (Numba row kernels for n <= ``SMALL_N``). ``sliding`` (blocked path only):
+        see :meth:`rhs_sliding`."""
         M, D, n, B = self.M, self.D, self.n, self.rows
         if self._pre is None:
             self._pre = np.empty((B, n), dtype=self.dtype)
@@ -502,7 +550,11 @@ class _TwoLayerKernels:
                 P = self._pre[:b1 - b0]
                 if B < M:
                     prod_in(W[b0:b1], P)
+                if sliding is not None:
+                    done = self._fold_sliding(sliding, b0, b1, P, a[b0:b1], e, None)
                 self.kern.blas_backward(P, a[b0:b1], e, self.ca_n, self.cw_n, oa[b0:b1])
+                if sliding is not None:
+                    self._fold_sliding(sliding, b0, b1, P, None, None, oa[b0:b1], done)
                 prod_out(P, OW[b0:b1])
         return float(r @ r) / (2.0 * n)
 

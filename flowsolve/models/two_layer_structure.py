@@ -36,7 +36,8 @@ class _Consts:
         self.Xt = xp.asarray(data.x_tilde(), dtype=dtype)          # (n, D)
         self.XtT = xp.ascontiguousarray(self.Xt.T)                 # (D, n)
         self.Y = xp.asarray(data.y, dtype=dtype)                   # (n,)
-        self.XX = self.Xt @ self.XtT                               # (n, n)
+        XX = self.Xt @ self.XtT
+        self.XX = 0.5 * (XX + XX.T)    # (n, n), exactly symmetric: kernels read rows
         self.n, self.D, self.M = data.n, data.d + 1, model.n_neurons
         self.cf, self.ca, self.cw, self.s = model.coefficients()
         self.act = model.activation
@@ -340,10 +341,9 @@ class Switching:
             raise ValueError(f"switching structure needs a ReLU-family activation, got {name!r}")
         from .activations import LEAKY_SLOPE
         self.lo = LEAKY_SLOPE if name == "leaky_relu" else 0.0
-        self.theta = xp.zeros((c.M, c.n), dtype=dtype)
-        self._zero_theta = None          # compiled path: shared all-zero last_theta
-        self._theta_buf = None           # and the reused one with sliding rows
+        self._no_rows = xp.zeros((0, c.n), dtype=dtype)
         self._theta_rows = xp.zeros(0, dtype=xp.intp)
+        self.last_row_theta = self._no_rows
         self.set_sliding(xp.zeros((c.M, c.n), dtype=bool))
 
     def pre(self, y):
@@ -368,7 +368,9 @@ class Switching:
     def rhs(self, y, out):
         """The sliding-mode right-hand side; writes ``dy/dt`` into ``out``, returns the loss.
 
-        Also leaves ``self.last_e`` (n,) and ``self.last_theta`` (M, n) for the release test.
+        Also leaves ``self.last_e`` (n,) and, for the release test, the equivalent
+        controls ``self.last_row_theta`` (r, n) on the rows of :attr:`sliding_rows` (zero
+        outside their sliding pairs; :attr:`last_theta` is the dense (M, n) form).
         """
         if self.plain is not None:
             return self._rhs_compiled(y, out)
@@ -387,16 +389,17 @@ class Switching:
         self.last_e = e
         xp.multiply(h @ e, -c.ca / c.n, out=out[:M])
         g = self._gprime(pre)
-        self.last_theta = xp.zeros_like(g)
+        self._theta_rows = rows if self.n_sliding else self._theta_rows[:0]
+        self.last_row_theta = self._no_rows
         on_host = self.n_sliding and self.host is not None
         if self.n_sliding and not on_host:  # equivalent controls on the few sliding rows
             gr = g[rows]
-            self.last_theta[rows] = controls(xp, gr, sub, e, c.XX)
+            self.last_row_theta = controls(xp, gr, sub, e, c.XX)
             g[rows] = gr
         g *= e
         xp.multiply(((-c.cw / c.n) * a)[:, None], g @ c.Xt, out=out[M:].reshape(M, D))
         if on_host:                         # the sliding rows again, by the host
-            da, dw, self.last_theta[rows] = self._row_velocities(
+            da, dw, self.last_row_theta = self._row_velocities(
                 a[rows], y[M:].reshape(M, D)[rows], sub, e)
             out[:M][rows] = da
             out[M:].reshape(M, D)[rows] = dw
@@ -441,30 +444,40 @@ class Switching:
 
     def _rhs_compiled(self, y, out):
         """:meth:`rhs` with the backend's kernel on every neuron, then the neurons with
-        sliding pairs (usually few) recomputed with their equivalent controls."""
+        sliding pairs recomputed with their equivalent controls (few early on; late on
+        digits two thirds of them)."""
         c = self.c
         xp = c.xp
         M, D = c.M, c.D
+        fold = getattr(self.plain, "rhs_sliding", None) if self.n_sliding else None
+        folded = fold(y, out, self._rows, self._sub, c.XX, self.lo) if fold else None
+        if folded is not None:              # the rows' controls inside the plain pass
+            loss, self.last_row_theta = folded
+            self._theta_rows = self._rows
+            self.last_e = xp.asarray(self.plain.last_r, dtype=c.dtype)
+            return loss
         loss = self.plain.rhs(y, out)
         e = xp.asarray(self.plain.last_r, dtype=c.dtype)
         self.last_e = e
-        if self._zero_theta is None:
-            self._zero_theta = xp.zeros((M, c.n), dtype=c.dtype)
         if not self.n_sliding:
-            self.last_theta = self._zero_theta
+            self._theta_rows = self._theta_rows[:0]
+            self.last_row_theta = self._no_rows
             return loss
         rows, sub = self._rows, self._sub
-        if self._theta_buf is None:
-            self._theta_buf = xp.zeros_like(self._zero_theta)
-        theta = self._theta_buf                  # zero except on the rows set last time
-        theta[self._theta_rows] = 0.0
         self._theta_rows = rows
-        self.last_theta = theta
-        da, dw, theta[rows] = self._row_velocities(y[:M][rows], y[M:].reshape(M, D)[rows],
-                                                   sub, e)
+        da, dw, self.last_row_theta = self._row_velocities(
+            y[:M][rows], y[M:].reshape(M, D)[rows], sub, e)
         out[:M][rows] = da
         out[M:].reshape(M, D)[rows] = dw
         return loss
+
+    @property
+    def last_theta(self):
+        """The equivalent controls of the last :meth:`rhs` as a dense (M, n) array (zero
+        outside the sliding pairs); the solvers read ``last_row_theta``."""
+        theta = self.c.xp.zeros((self.c.M, self.c.n), dtype=self.c.dtype)
+        theta[self._theta_rows] = self.last_row_theta
+        return theta
 
     @property
     def sliding_rows(self):

@@ -119,7 +119,7 @@ class SlidingStepper(RKStepper):
         ev = sw.significant(cross, y_out, sw.last_e, h, self.rtol, self.atol)
         if sw.n_sliding:                   # releases: controls at y_out (the FSAL stage)
             srows, sub = sw.sliding_rows
-            th = sw.last_theta[srows]
+            th = sw.last_row_theta
             lo = sw.lo
             ev[srows] |= (sub & ((th < lo - 1e-12) | (th > 1.0 + 1e-12))).any(axis=1)
         rows = xp.nonzero(ev)[0]
