@@ -28,6 +28,13 @@ Usage (one thread each; two runs at a time on this 2-core machine)::
     ... run gd 0.25;  ... run gd 0.125;  ... --t-end 21000 run gd 0.0625
     ... --t-end 19000 run gd 0.03125;  ... run sliding 1e-6;  ... run sliding 1e-7
     python benchmarks/digits_tstar.py --out out/tstar report
+
+``cost TOL DT``
+    The cost of a step late in the flow, side by side: from the state at ``--at`` (a
+    snapshot of the finest GD run in ``DIR``), ``sliding`` at rtol = atol = TOL and GD
+    at ``dt = DT`` over ``--span`` time units, alternately, ``--repeats`` times (the
+    fastest of each is printed); ``--profile`` adds cProfile's top functions of one
+    more sliding run.
 """
 
 from __future__ import annotations
@@ -140,6 +147,44 @@ def report(args):
         print(f"{f'{dt1:g} - {dt2:g}':>16} {'':>9} " + " ".join(f"{v:9.2e}" for v in dist))
 
 
+def cost(args):
+    runs = load(args.out)
+    gd = sorted((tol, r) for (m, tol), r in runs.items() if m == "gd")
+    if not gd:
+        raise SystemExit("cost needs a GD run in --out (its snapshot is the start)")
+    r = gd[0][1]
+    i = int(np.argmin(np.abs(r["snap_t"] - args.at)))
+    prob = problem(args.width, args.gamma)
+    prob.y0_host = r["snap_y"][i].copy()
+    prob.y0 = prob.backend.asarray(prob.y0_host, prob.dtype)
+    kws = {"sliding": dict(rtol=args.tol, atol=args.tol), "gd": dict(dt=args.dt)}
+    for method, kw in kws.items():                               # compile
+        fs.solve(prob, method, t_end=1.0, progress=False, **kw)
+    best = {}
+    for _ in range(args.repeats):
+        for method, kw in kws.items():
+            t0 = time.perf_counter()
+            sol = fs.solve(prob, method, t_end=args.span, progress=False, **kw)
+            wall = time.perf_counter() - t0
+            if method not in best or wall < best[method][0]:
+                best[method] = (wall, sol.stats)
+    print(f"# digits m = {args.width}, gamma = {args.gamma}: from GD dt = {gd[0][0]:g} at "
+          f"t = {r['snap_t'][i]:g}, over {args.span:g} time units, best of {args.repeats}")
+    print(f"{'method':>8} {'steps':>6} {'RHS-eq/step':>11} {'ms/step':>8} {'wall s':>7}  events")
+    for method, (wall, st) in best.items():
+        ev = st.extra.get("event_neurons", 0) / max(st.steps, 1)
+        print(f"{method:>8} {st.steps:6d} {(st.nfev + st.njev) / st.steps:11.2f} "
+              f"{1e3 * wall / st.steps:8.2f} {wall:7.2f}  {ev:.1f} neurons/step")
+    if args.profile:
+        import cProfile
+        import pstats
+        pr = cProfile.Profile()
+        pr.enable()
+        fs.solve(prob, "sliding", t_end=args.span, progress=False, **kws["sliding"])
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(12)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
@@ -155,9 +200,16 @@ def main(argv=None):
     r.add_argument("method")
     r.add_argument("tol", type=float)
     sub.add_parser("report")
+    c = sub.add_parser("cost")
+    c.add_argument("tol", type=float)
+    c.add_argument("dt", type=float)
+    c.add_argument("--at", type=float, default=10000.0)
+    c.add_argument("--span", type=float, default=60.0)
+    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("--profile", action="store_true")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    run(args) if args.cmd == "run" else report(args)
+    {"run": run, "report": report, "cost": cost}[args.cmd](args)
 
 
 if __name__ == "__main__":
