@@ -50,10 +50,10 @@ import numpy as np
 import flowsolve as fs
 
 
-def problem(width, gamma):
+def problem(width, gamma, backend="numba"):
     data = fs.datasets.digits(n=256)
     return fs.Problem(fs.TwoLayer(width, fs.Scaling.from_gammas(gamma, 0.0, width), asi=True),
-                      data, seed=0, backend="numba")
+                      data, seed=0, backend=backend)
 
 
 def save_npz(path, **arrays):
@@ -154,7 +154,7 @@ def cost(args):
         raise SystemExit("cost needs a GD run in --out (its snapshot is the start)")
     r = gd[0][1]
     i = int(np.argmin(np.abs(r["snap_t"] - args.at)))
-    prob = problem(args.width, args.gamma)
+    prob = problem(args.width, args.gamma, args.backend)
     prob.y0_host = r["snap_y"][i].copy()
     prob.y0 = prob.backend.asarray(prob.y0_host, prob.dtype)
     kws = {"sliding": dict(rtol=args.tol, atol=args.tol), "gd": dict(dt=args.dt)}
@@ -168,8 +168,9 @@ def cost(args):
             wall = time.perf_counter() - t0
             if method not in best or wall < best[method][0]:
                 best[method] = (wall, sol.stats)
-    print(f"# digits m = {args.width}, gamma = {args.gamma}: from GD dt = {gd[0][0]:g} at "
-          f"t = {r['snap_t'][i]:g}, over {args.span:g} time units, best of {args.repeats}")
+    print(f"# digits m = {args.width}, gamma = {args.gamma}, {args.backend}: from GD dt = "
+          f"{gd[0][0]:g} at t = {r['snap_t'][i]:g}, over {args.span:g} time units, best of "
+          f"{args.repeats}")
     print(f"{'method':>8} {'steps':>6} {'RHS-eq/step':>11} {'ms/step':>8} {'wall s':>7}  events")
     for method, (wall, st) in best.items():
         ev = st.extra.get("event_neurons", 0) / max(st.steps, 1)
@@ -207,6 +208,7 @@ def main(argv=None):
     c.add_argument("--span", type=float, default=60.0)
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--profile", action="store_true")
+    c.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"])
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     {"run": run, "report": report, "cost": cost}[args.cmd](args)
