@@ -446,6 +446,17 @@ def test_compiled_switching_matches_numpy(d, act, parallel):
         r, sub = sw.crossings(y, y1, S)
         np.testing.assert_array_equal(r, rows)
         np.testing.assert_array_equal(sub, cross[rows])
+    # crossings and both ends' residual rates in one pass (BLAS for n > SMALL_N)
+    f1 = rng.standard_normal(y.shape)
+    assert (fast.kernels.step_ends(y, y1, o_ref, f1, S, fast._pairs, fast.lo) is None) \
+        == (d == 1)
+    (r, sub), *ends = fast.step_ends(y, y1, o_ref, f1, S)
+    np.testing.assert_array_equal(r, rows)
+    np.testing.assert_array_equal(sub, cross[rows])
+    for (e, rate), (yy, ff) in zip(ends, ((y, o_ref), (y1, f1))):
+        e_ref, rate_ref = ref.residual_rate(yy, ff)
+        np.testing.assert_allclose(e, e_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(rate, rate_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(fast.pre(y), ref.pre(y), rtol=1e-12, atol=1e-14)
     # the event re-integration: same crossings, slides and releases, same work
     from flowsolve.models.two_layer_structure import StepResidual

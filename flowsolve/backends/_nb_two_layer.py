@@ -493,6 +493,49 @@ def crossing_rows_blas(W0, W1, XT, flag, SB, nchunks):
                 flag[s0 + kk] = f
 
 
+@njit(cache=True, fastmath=_FM, parallel=True)
+def step_ends_blas(a0, W0, fa0, FW0, a1, W1, fa1, FW1, XT, flag, sk, si, lo, SB, nchunks):
+    """:func:`crossing_rows_blas` of ``W0``, ``W1`` and :func:`residual_rate_blas` at both
+    ends of a step (states ``a0, W0``, ``a1, W1``, velocities ``fa0, FW0``, ``fa1,
+    FW1``) in one pass: the pre-activations at the two ends serve the crossing flags and
+    the rates, four products per block instead of six. Returns ``(e0, r0, e1, r1)``."""
+    M = W0.shape[0]
+    n = XT.shape[1]
+    k = max(1, nchunks)
+    acc = np.zeros((4, k, n))
+    for c in prange(k):
+        lo_k, hi_k = _bounds(c, k, M)
+        P0 = np.empty((SB, n), dtype=W0.dtype)
+        Q0 = np.empty((SB, n), dtype=W0.dtype)
+        P1 = np.empty((SB, n), dtype=W0.dtype)
+        Q1 = np.empty((SB, n), dtype=W0.dtype)
+        for s0 in range(lo_k, hi_k, SB):
+            s1 = min(s0 + SB, hi_k)
+            A0, B0 = _block_pre(W0, FW0, XT, s0, s1, P0, Q0)
+            A1, B1 = _block_pre(W1, FW1, XT, s0, s1, P1, Q1)
+            for kk in range(s1 - s0):
+                f = False
+                for i in range(n):
+                    f |= (A0[kk, i] > 0) != (A1[kk, i] > 0)
+                flag[s0 + kk] = f
+            _rate_block(A0, B0, a0[s0:s1], fa0[s0:s1], lo, acc[0, c], acc[1, c])
+            _rate_block(A1, B1, a1[s0:s1], fa1[s0:s1], lo, acc[2, c], acc[3, c])
+    e0 = acc[0].sum(axis=0)
+    r0 = acc[1].sum(axis=0)
+    e1 = acc[2].sum(axis=0)
+    r1 = acc[3].sum(axis=0)
+    if sk.shape[0]:
+        X = np.ascontiguousarray(XT.T)
+        for r in range(sk.shape[0]):
+            te, tr = _pair_terms(a0, W0, fa0, FW0, X, lo, sk[r], si[r])
+            e0[si[r]] -= te
+            r0[si[r]] -= tr
+            te, tr = _pair_terms(a1, W1, fa1, FW1, X, lo, sk[r], si[r])
+            e1[si[r]] -= te
+            r1[si[r]] -= tr
+    return e0, r0, e1, r1
+
+
 # -- the network output, shared by the forward and RHS entry points -------------------
 @njit(inline="always")
 def _forward_serial(y, M, xs, code):

@@ -404,10 +404,33 @@ class _TwoLayerKernels:
         else:
             tl.crossing_rows(W0, W1, self.xt, flag,
                              self.be._par(M, self.be.parallel_threshold))
+        return self._crossing_pairs(W0, W1, S0, flag)
+
+    def _crossing_pairs(self, W0, W1, S0, flag):
+        """The flagged neurons' crossing pairs outside ``S0``, compact (see
+        :meth:`crossings`)."""
         rows = np.flatnonzero(flag)
         sub = ~S0[rows] & ((W0[rows] @ self.xt.T > 0) != (W1[rows] @ self.xt.T > 0))
         keep = sub.any(axis=1)
         return rows[keep], sub[keep]
+
+    def step_ends(self, y0, y1, f0, f1, S0, pairs, lo):
+        """:meth:`crossings` of ``y0``, ``y1`` and :meth:`residual_rate` at both ends
+        (``(y0, f0)``, ``(y1, f1)``) in one BLAS pass; returns ``(rows, sub), (e0, r0),
+        (e1, r1)``, or None for n <= ``SMALL_N`` (no BLAS pass to share)."""
+        if self.n <= SMALL_N:
+            return None
+        M, D = self.M, self.D
+        sk, si = pairs if pairs is not None else (_NO_PAIRS, _NO_PAIRS)
+        flag = np.empty(M, dtype=np.bool_)
+        W0, W1 = y0[M:].reshape(M, D), y1[M:].reshape(M, D)
+        with _BlasThreads(1):
+            e0, r0, e1, r1 = tl.step_ends_blas(
+                y0[:M], W0, f0[:M], f0[M:].reshape(M, D), y1[:M], W1, f1[:M],
+                f1[M:].reshape(M, D), self.xtT, flag, np.asarray(sk, dtype=np.intp),
+                np.asarray(si, dtype=np.intp), float(lo), *self._blocks())
+        return (self._crossing_pairs(W0, W1, S0, flag),
+                (self.cf * e0 - self.Y, self.cf * r0), (self.cf * e1 - self.Y, self.cf * r1))
 
     def neuron_rhs(self, a, W, S, e, XX, lo):
         """Sliding-mode velocities ``(da (q,), dw (q, D), theta (q, n))`` of the neurons

@@ -83,6 +83,7 @@ class SlidingStepper(RKStepper):
         self.events = 0
         self.event_steps = 0
         self.aux_work = 0.0
+        self._expect_events = False        # the last step had events: so will this one
         xp = backend.xp
         self.S_start = xp.zeros_like(switching.S)
         self._changed = False              # sliding set differs from S_start
@@ -115,7 +116,12 @@ class SlidingStepper(RKStepper):
         c = sw.c
         M, D = c.M, c.D
         S0 = self.S_start
-        cross = sw.crossings(y, y_out, S0)
+        ends = None
+        if self._expect_events:            # the residual rates in the crossings' pass
+            cross, *ends = sw.step_ends(y, y_out, self.K[0], self.K[row], S0)
+            self.aux_work += 2.0
+        else:
+            cross = sw.crossings(y, y_out, S0)
         ev = sw.significant(cross, y_out, sw.last_e, h, self.rtol, self.atol)
         if sw.n_sliding:                   # releases: controls at y_out (the FSAL stage)
             srows, sub = sw.sliding_rows
@@ -123,12 +129,14 @@ class SlidingStepper(RKStepper):
             lo = sw.lo
             ev[srows] |= (sub & ((th < lo - 1e-12) | (th > 1.0 + 1e-12))).any(axis=1)
         rows = xp.nonzero(ev)[0]
+        self._expect_events = bool(rows.size)
         if rows.size == 0:
             return loss_i, row
         # cubic Hermite interpolant of the residual over the step
-        e0, r0 = sw.residual_rate(y, self.K[0])
-        e1, r1 = sw.residual_rate(y_out, self.K[row])
-        self.aux_work += 2.0
+        if ends is None:
+            ends = sw.residual_rate(y, self.K[0]), sw.residual_rate(y_out, self.K[row])
+            self.aux_work += 2.0
+        (e0, r0), (e1, r1) = ends
         e_of = StepResidual(xp, e0, r0, e1, r1, h)
         a0 = y[:M][rows]
         w0 = y[M:].reshape(M, D)[rows]
