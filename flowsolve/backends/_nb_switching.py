@@ -32,6 +32,15 @@ _EPS = np.finfo(np.float64).eps
 _FAST = {"reassoc", "contract"}
 
 
+@njit(cache=True, fastmath=_FAST)
+def _ge_dot(g, e, XX, i):
+    """``sum_j g_j e_j XX_ij`` (reassociated: vectorised)."""
+    s = 0.0
+    for j in range(g.shape[0]):
+        s += g[j] * e[j] * XX[i, j]
+    return s
+
+
 @njit(cache=True)
 def _controls(g, S, e, XX):
     """Equivalent controls of one neuron's sliding pairs, written into ``g`` (n,) on
@@ -51,9 +60,7 @@ def _controls(g, S, e, XX):
         i = 0
         while not S[i]:
             i += 1
-        num = 0.0
-        for j in range(n):
-            num += g[j] * e[j] * XX[i, j]
+        num = _ge_dot(g, e, XX, i)
         den = e[i] * XX[i, i]
         g[i] = -num / den if den != 0.0 else 0.0
         return
@@ -67,10 +74,7 @@ def _controls(g, S, e, XX):
     emax = 0.0
     dmax = 0.0
     for r in range(p):
-        s = 0.0
-        for j in range(n):
-            s += g[j] * e[j] * XX[idx[r], j]
-        b[r] = -s
+        b[r] = -_ge_dot(g, e, XX, idx[r])
         emax = max(emax, abs(e[idx[r]]))
         dmax = max(dmax, XX[idx[r], idx[r]])
     # Cholesky XX_SS = L L^T while the system is well conditioned (pivots above 1e-6 of
