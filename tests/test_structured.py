@@ -448,8 +448,7 @@ def test_compiled_switching_matches_numpy(d, act, parallel):
         np.testing.assert_array_equal(sub, cross[rows])
     # crossings and both ends' residual rates in one pass (BLAS for n > SMALL_N)
     f1 = rng.standard_normal(y.shape)
-    assert (fast.kernels.step_ends(y, y1, o_ref, f1, S, fast._pairs, fast.lo) is None) \
-        == (d == 1)
+    assert fast.fuses_step_ends == (d == 3) and not ref.fuses_step_ends
     (r, sub), *ends = fast.step_ends(y, y1, o_ref, f1, S)
     np.testing.assert_array_equal(r, rows)
     np.testing.assert_array_equal(sub, cross[rows])

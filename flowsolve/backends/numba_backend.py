@@ -414,12 +414,15 @@ class _TwoLayerKernels:
         keep = sub.any(axis=1)
         return rows[keep], sub[keep]
 
+    @property
+    def fuses_step_ends(self) -> bool:
+        """:meth:`step_ends` shares the BLAS pass (n > ``SMALL_N``)."""
+        return self.n > SMALL_N
+
     def step_ends(self, y0, y1, f0, f1, S0, pairs, lo):
         """:meth:`crossings` of ``y0``, ``y1`` and :meth:`residual_rate` at both ends
-        (``(y0, f0)``, ``(y1, f1)``) in one BLAS pass; returns ``(rows, sub), (e0, r0),
-        (e1, r1)``, or None for n <= ``SMALL_N`` (no BLAS pass to share)."""
-        if self.n <= SMALL_N:
-            return None
+        (``(y0, f0)``, ``(y1, f1)``) in one BLAS pass (n > ``SMALL_N`` only); returns
+        ``(rows, sub), (e0, r0), (e1, r1)``."""
         M, D = self.M, self.D
         sk, si = pairs if pairs is not None else (_NO_PAIRS, _NO_PAIRS)
         flag = np.empty(M, dtype=np.bool_)

@@ -561,15 +561,19 @@ class Switching:
             return self.kernels.crossings(y0, y1, S0)
         return compact(self.c.xp, ~S0 & ((self.pre(y0) > 0) != (self.pre(y1) > 0)))
 
+    @property
+    def fuses_step_ends(self) -> bool:
+        """Whether :meth:`step_ends` costs less than its parts: the backend's kernels
+        share one pass over the neurons between them (numba, n > 8)."""
+        return bool(getattr(self.kernels, "fuses_step_ends", False))
+
     def step_ends(self, y0, y1, f0, f1, S0):
         """:meth:`crossings` of ``y0``, ``y1`` and :meth:`residual_rate` at ``(y0, f0)``
-        and ``(y1, f1)``: ``(rows, sub), (e0, r0), (e1, r1)``. The backend's kernels
-        share one pass over the neurons between them where they can."""
-        if self.kernels is not None and hasattr(self.kernels, "step_ends"):
-            out = self.kernels.step_ends(y0, y1, f0, f1, S0,
-                                         self._pairs if self.n_sliding else None, self.lo)
-            if out is not None:
-                return out
+        and ``(y1, f1)``: ``(rows, sub), (e0, r0), (e1, r1)``, in one pass where
+        :attr:`fuses_step_ends`."""
+        if self.fuses_step_ends:
+            return self.kernels.step_ends(y0, y1, f0, f1, S0,
+                                          self._pairs if self.n_sliding else None, self.lo)
         return (self.crossings(y0, y1, S0), self.residual_rate(y0, f0),
                 self.residual_rate(y1, f1))
 

@@ -117,9 +117,11 @@ class SlidingStepper(RKStepper):
         M, D = c.M, c.D
         S0 = self.S_start
         ends = None
-        if self._expect_events:            # the residual rates in the crossings' pass
+        if self._expect_events and sw.fuses_step_ends:
+            # the residual rates in the crossings' pass: two products more than the
+            # crossings (one RHS-equivalent), spent even if no event follows
             cross, *ends = sw.step_ends(y, y_out, self.K[0], self.K[row], S0)
-            self.aux_work += 2.0
+            self.aux_work += 1.0
         else:
             cross = sw.crossings(y, y_out, S0)
         ev = sw.significant(cross, y_out, sw.last_e, h, self.rtol, self.atol)
