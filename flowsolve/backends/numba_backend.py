@@ -445,7 +445,7 @@ class _TwoLayerKernels:
         e = np.ascontiguousarray(e, dtype=self.dtype)
         if self.n > SMALL_N:
             # the two passes over the inputs as products, as in rhs_blas: late on digits
-            # (n = 256) two thirds of the neurons slide, and the per-neuron loops took
+            # (n = 256) a third of the neurons slide, and the per-neuron loops took
             # twice as long as the plain RHS of every neuron
             with _BlasThreads(1):
                 pre = np.asarray(W, dtype=self.dtype) @ self.xtT

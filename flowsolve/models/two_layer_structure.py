@@ -443,9 +443,10 @@ class Switching:
         return da, dw, theta
 
     def _rhs_compiled(self, y, out):
-        """:meth:`rhs` with the backend's kernel on every neuron, then the neurons with
-        sliding pairs recomputed with their equivalent controls (few early on; late on
-        digits two thirds of them)."""
+        """:meth:`rhs` with the backend's kernel on every neuron. The neurons with sliding
+        pairs (few early on; late on digits a third to two fifths of them) get their
+        equivalent controls inside the kernel's pass where it offers that
+        (``rhs_sliding``), else they are recomputed afterwards."""
         c = self.c
         xp = c.xp
         M, D = c.M, c.D
