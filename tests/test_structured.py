@@ -515,6 +515,43 @@ def test_compiled_switching_matches_numpy(d, act, parallel):
     assert not fast.last_theta.any()
 
 
+@pytest.mark.parametrize("case", ["well_conditioned", "zero_residual", "repeated_point"])
+def test_compiled_controls_match_least_squares(case):
+    """The compiled controls of a neuron with several sliding pairs (Cholesky of XX on
+    the pairs, least squares where that is ill-conditioned) against the NumPy reference
+    (least squares always): a generic case, a pair whose residual is 0 (its control
+    drops out: an inconsistent system) and two pairs on the same data point (XX on them
+    is singular)."""
+    pytest.importorskip("numba")
+    from flowsolve.backends._nb_switching import _controls
+    from flowsolve.models.two_layer_structure import controls
+
+    rng = np.random.default_rng(3)
+    n, D = 24, 5
+    X = rng.standard_normal((n, D))
+    if case == "repeated_point":
+        X[7] = X[2]
+    XX = X @ X.T
+    XX = 0.5 * (XX + XX.T)
+    e = rng.standard_normal(n)
+    S = np.zeros(n, dtype=bool)
+    S[[2, 7, 11, 19]] = True
+    if case == "zero_residual":
+        e[11] = 0.0
+    g = (rng.random(n) > 0.5).astype(float)
+    theta_ref = controls(np, g[None, :].copy(), S[None, :], e, XX)[0]
+    g_fast = g.copy()
+    _controls(g_fast, S, e, XX)
+    if case != "zero_residual":     # consistent: the neuron stays on its surfaces,
+        resid = (g_fast * e) @ XX     # sum_j e_j g_j XX_ji = 0 on S
+        np.testing.assert_allclose(resid[S], 0.0, atol=1e-10 * np.abs(e) @ np.abs(XX).max(0))
+    if case == "well_conditioned":
+        np.testing.assert_allclose(g_fast[S], theta_ref[S], rtol=1e-10)
+    else:                       # singular: least squares, the minimum-norm solution
+        np.testing.assert_allclose(g_fast[S], theta_ref[S], rtol=1e-8, atol=1e-10)
+    np.testing.assert_array_equal(g_fast[~S], g[~S])
+
+
 def test_sliding_solve_same_on_numba_and_numpy():
     """The condensed four-point problem through its events: the sliding method on the
     numba backend follows the NumPy reference (same steps, same events)."""
