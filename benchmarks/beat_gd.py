@@ -123,7 +123,7 @@ def reference(prob, data_name, m, gamma, args):
                 return {k: z[k] if k == "y_ref" else z[k].item() for k in z.files}
     t0 = time.perf_counter()
     ref = fs.solve(prob, args.ref_method, rtol=args.ref_tol, atol=args.ref_tol,
-                   stop_at_loss=args.loss, save_at=[0.0], progress=False,
+                   stop_at_loss=args.loss, save_at=[0.0], progress=args.progress,
                    max_steps=args.ref_max_steps)
     T = ref.t_final
     print(f"  reference: T* = {T:.6g}, {ref.stats.nfev + ref.stats.njev} RHS-equivalents, "
@@ -132,11 +132,12 @@ def reference(prob, data_name, m, gamma, args):
     # interpolated, to lower order than the steps), and the reference's own error from
     # a run at a tenth of the tolerance
     y_ref = fs.solve(prob, args.ref_method, rtol=args.ref_tol, atol=args.ref_tol, t_end=T,
-                     save_at=[0.0], progress=False, max_steps=args.ref_max_steps).y_final
+                     save_at=[0.0], progress=args.progress,
+                     max_steps=args.ref_max_steps).y_final
     ref_wall = time.perf_counter() - t0
     tight = 0.1 * args.ref_tol
     ref_err = float(np.abs(fs.solve(prob, args.ref_method, rtol=tight, atol=tight, t_end=T,
-                                    save_at=[0.0], progress=False,
+                                    save_at=[0.0], progress=args.progress,
                                     max_steps=args.ref_max_steps).y_final - y_ref).max())
     out = {"T": T, "y_ref": y_ref, "ref_err": ref_err, "ref_status": str(ref.status),
            "ref_nfev": ref.stats.nfev + ref.stats.njev, "ref_wall": ref_wall}
@@ -223,6 +224,9 @@ def main(argv=None):
     ap.add_argument("--ref-cache", default=None,
                     help="folder keeping the references (T*, the state there, its error) "
                          "between runs, one .npz per configuration")
+    ap.add_argument("--progress", action="store_true",
+                    help="progress bars (stderr) for the reference runs, which take hours at "
+                         "m = 1e5 outside the linear regime")
     ap.add_argument("--ref-only", action="store_true",
                     help="compute (or load) the references and stop")
     args = ap.parse_args(argv)
