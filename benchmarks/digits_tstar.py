@@ -34,7 +34,7 @@ Usage (one thread each; two runs at a time on this 2-core machine)::
     snapshot of the finest GD run in ``DIR``), ``sliding`` at rtol = atol = TOL and GD
     at ``dt = DT`` over ``--span`` time units, alternately, ``--repeats`` times (the
     fastest of each is printed); ``--profile`` adds cProfile's top functions of one
-    more sliding run.
+    more sliding run, ``--backend cupy`` runs both on a GPU.
 """
 
 from __future__ import annotations
