@@ -378,10 +378,7 @@ def residual_rate(a, W, fa, FW, X, sk, si, lo, nchunks):
             _rate_range(a, W, fa, FW, X, lo, pe[c], pr[c], lo_k, hi_k)
     e = pe.sum(axis=0)
     rate = pr.sum(axis=0)
-    for r in range(sk.shape[0]):
-        te, tr = _pair_terms(a, W, fa, FW, X, lo, sk[r], si[r])
-        e[si[r]] -= te
-        rate[si[r]] -= tr
+    _drop_pairs(e, rate, a, W, fa, FW, X, lo, sk, si)
     return e, rate
 
 
@@ -445,6 +442,26 @@ def _rate_block(P, Q, a, fa, lo, e, rate):
             rate[i] += g * (fk * p + ak * Q[k, i])
 
 
+@njit(inline="always")
+def _flag_block(A, B, flag, s0):
+    """``flag[s0 + k]``: row ``k`` of ``A`` and ``B`` differ in the sign of an entry."""
+    for kk in range(A.shape[0]):
+        f = False
+        for i in range(A.shape[1]):
+            f |= (A[kk, i] > 0) != (B[kk, i] > 0)
+        flag[s0 + kk] = f
+
+
+@njit(inline="always")
+def _drop_pairs(e, rate, a, W, fa, FW, X, lo, sk, si):
+    """Subtract the sliding pairs' terms from ``e`` and ``rate`` (see
+    :func:`residual_rate`)."""
+    for r in range(sk.shape[0]):
+        te, tr = _pair_terms(a, W, fa, FW, X, lo, sk[r], si[r])
+        e[si[r]] -= te
+        rate[si[r]] -= tr
+
+
 @njit(cache=True, fastmath=_FM, parallel=True)
 def residual_rate_blas(a, W, fa, FW, XT, sk, si, lo, SB, nchunks):
     """:func:`residual_rate` with ``XT`` (D, n) = ``X^T`` and the products ``W_b XT``,
@@ -465,11 +482,7 @@ def residual_rate_blas(a, W, fa, FW, XT, sk, si, lo, SB, nchunks):
     e = pe.sum(axis=0)
     rate = pr.sum(axis=0)
     if sk.shape[0]:
-        X = np.ascontiguousarray(XT.T)
-        for r in range(sk.shape[0]):
-            te, tr = _pair_terms(a, W, fa, FW, X, lo, sk[r], si[r])
-            e[si[r]] -= te
-            rate[si[r]] -= tr
+        _drop_pairs(e, rate, a, W, fa, FW, np.ascontiguousarray(XT.T), lo, sk, si)
     return e, rate
 
 
@@ -486,11 +499,7 @@ def crossing_rows_blas(W0, W1, XT, flag, SB, nchunks):
         for s0 in range(lo_k, hi_k, SB):
             s1 = min(s0 + SB, hi_k)
             A, B = _block_pre(W0, W1, XT, s0, s1, P0, P1)
-            for kk in range(s1 - s0):
-                f = False
-                for i in range(n):
-                    f |= (A[kk, i] > 0) != (B[kk, i] > 0)
-                flag[s0 + kk] = f
+            _flag_block(A, B, flag, s0)
 
 
 @njit(cache=True, fastmath=_FM, parallel=True)
@@ -513,11 +522,7 @@ def step_ends_blas(a0, W0, fa0, FW0, a1, W1, fa1, FW1, XT, flag, sk, si, lo, SB,
             s1 = min(s0 + SB, hi_k)
             A0, B0 = _block_pre(W0, FW0, XT, s0, s1, P0, Q0)
             A1, B1 = _block_pre(W1, FW1, XT, s0, s1, P1, Q1)
-            for kk in range(s1 - s0):
-                f = False
-                for i in range(n):
-                    f |= (A0[kk, i] > 0) != (A1[kk, i] > 0)
-                flag[s0 + kk] = f
+            _flag_block(A0, A1, flag, s0)
             _rate_block(A0, B0, a0[s0:s1], fa0[s0:s1], lo, acc[0, c], acc[1, c])
             _rate_block(A1, B1, a1[s0:s1], fa1[s0:s1], lo, acc[2, c], acc[3, c])
     e0 = acc[0].sum(axis=0)
@@ -526,13 +531,8 @@ def step_ends_blas(a0, W0, fa0, FW0, a1, W1, fa1, FW1, XT, flag, sk, si, lo, SB,
     r1 = acc[3].sum(axis=0)
     if sk.shape[0]:
         X = np.ascontiguousarray(XT.T)
-        for r in range(sk.shape[0]):
-            te, tr = _pair_terms(a0, W0, fa0, FW0, X, lo, sk[r], si[r])
-            e0[si[r]] -= te
-            r0[si[r]] -= tr
-            te, tr = _pair_terms(a1, W1, fa1, FW1, X, lo, sk[r], si[r])
-            e1[si[r]] -= te
-            r1[si[r]] -= tr
+        _drop_pairs(e0, r0, a0, W0, fa0, FW0, X, lo, sk, si)
+        _drop_pairs(e1, r1, a1, W1, fa1, FW1, X, lo, sk, si)
     return e0, r0, e1, r1
 
 
