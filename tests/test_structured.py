@@ -701,6 +701,36 @@ def test_expgn2_long_steps_follow_a_neuron_that_crosses_back():
     assert np.abs(sol.y_final - ref.y_final).max() < 2e-3
 
 
+@pytest.mark.parametrize("name", sorted(EXP_TABLEAUS))
+def test_exponential_step_flags_an_arrival_at_an_attractive_surface(name):
+    """One neuron heading for b = 0, where it slides (an attractive surface), and one
+    exponential step 1.2x its arrival time. The stages cross the surface, meet the
+    other side's velocity and are pushed back: the step ends on the starting side
+    (b ~ +1e-2), so neither the ends' signs nor the excursion test see the arrival.
+    The start's rate reaching the surface within the step flags it: re-integrated, the
+    neuron ends sliding on the surface, within 2e-3 of a tight solution (unflagged it
+    stayed 1e-2 off, b included)."""
+    from flowsolve.solvers.auto import build_structured
+
+    prob = _sliding_neuron(b0=0.05)
+    ts = np.linspace(0.01, 4.0, 400)
+    ref = fs.solve(prob, "sliding", rtol=1e-11, atol=1e-11, t_end=4.0, snapshots=list(ts),
+                   progress=False)
+    b = np.array([y[2] for _, y in ref.snapshots])
+    t_arrive = ts[np.argmax(np.abs(b) < 1e-9)]
+    assert 1.0 < t_arrive < 2.0
+    h = 1.2 * t_arrive
+    st = build_structured(name, prob, rtol=1e-6, atol=1e-6)
+    y1 = np.empty_like(st.y)
+    st.attempt(st.y, st.cur, h, y1)
+    assert y1[2] > 5e-3                       # the base step ends on the starting side
+    keep, S_new, nev = st._events(st.y, h, y1, st.S)
+    assert nev == 1 and S_new[0, 0]           # flagged, and it slides on the kink x = 0
+    assert y1[2] == 0.0
+    y_ref = fs.solve(prob, "sliding", rtol=1e-11, atol=1e-11, t_end=h, progress=False).y_final
+    assert np.abs(y1 - y_ref).max() < 2e-3
+
+
 def _has_numba():
     try:
         import numba  # noqa: F401
