@@ -731,6 +731,30 @@ def test_exponential_step_flags_an_arrival_at_an_attractive_surface(name):
     assert np.abs(y1 - y_ref).max() < 2e-3
 
 
+def test_exponential_steps_shorten_when_the_event_reintegration_is_too_long(monkeypatch):
+    """An event re-integration takes ``substeps`` RK4 substeps per ``1/lambda_max`` of
+    the step. Past ``max_substeps`` the attempt is rejected and shortened (it used to
+    overflow the compiled kernel's substep count on a blown-up state). With the cap at
+    16 (h lambda_max <= 2 in every step with events) the four-point solve is rejected
+    and shortened where it had taken longer steps, and stays as accurate."""
+    from flowsolve.solvers.exponential import ExpGNStepper
+
+    m = 1000
+    prob = fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(0.5, 0.0, m), asi=True),
+                      fs.datasets.four_points(), seed=0,
+                      backend="numba" if _has_numba() else "numpy")
+    T = 60.0
+    ref = fs.solve(prob, "sliding", rtol=1e-10, atol=1e-10, t_end=T, progress=False)
+    free = fs.solve(prob, "expgn3", rtol=1e-6, atol=1e-6, t_end=T, progress=False)
+    monkeypatch.setattr(ExpGNStepper, "max_substeps", 16)
+    capped = fs.solve(prob, "expgn3", rtol=1e-6, atol=1e-6, t_end=T, progress=False)
+    assert free.status.ok and capped.status.ok
+    assert capped.stats.rejected > free.stats.rejected + 5
+    assert capped.stats.steps > free.stats.steps
+    for sol in (free, capped):
+        assert np.abs(sol.y_final - ref.y_final).max() < 1e-4
+
+
 def _has_numba():
     try:
         import numba  # noqa: F401

@@ -164,6 +164,10 @@ class ExpGNStepper:
         The method (a key of :data:`EXP_TABLEAUS`, default ``"expgn2"``).
     """
 
+    #: the most RK4 substeps one event re-integration may take (``substeps`` per
+    #: ``1/lam_max`` of the step): a longer step with events is rejected and shortened
+    max_substeps = 4096
+
     def __init__(self, linearize, rhs, backend, y0, *, rtol=1e-6, atol=1e-9, dt=None,
                  error_ref=None, status_enum=None, safety=0.9, max_factor=10.0,
                  switching=None, substeps=8, tableau="expgn2"):
@@ -333,7 +337,9 @@ class ExpGNStepper:
     def _events(self, y, h, y1, S):
         """Re-integrate the neurons with switching events (or sliding pairs) in the step
         ``y -> y1`` through their events (see :mod:`.sliding`); returns
-        ``(keep, S_new, rows)``, ``keep`` the mask of components left to the error norm."""
+        ``(keep, S_new, rows)``, ``keep`` the mask of components left to the error norm,
+        or the string ``"too long"`` when the re-integration would need more than
+        :attr:`max_substeps` substeps (``y1`` untouched)."""
         sw, xp = self.sw, self.xp
         c = sw.c
         M, D = c.M, c.D
@@ -362,6 +368,8 @@ class ExpGNStepper:
         rows = xp.nonzero(ev)[0]
         if rows.size == 0:
             return None, S, 0
+        if self._substeps(h) > self.max_substeps:
+            return "too long", S, rows.size
         e0, r0 = self._jd
         e1 = lin1.e
         r1 = -(lin1.gram() @ e1) / self.n             # de/dt at y1
@@ -424,10 +432,26 @@ class ExpGNStepper:
                 h, clipped = t_stop - self.t, True
             err_vec = self.attempt(self.y, self.cur, h, y1)
             keep, S_new, nev = None, None, 0
+            too_long = False
             if self.sw is not None and self.be.all_finite(y1):
                 keep, S_new, nev = self._events(self.y, h, y1, self.S)
-                if S_new.any():
+                too_long = isinstance(keep, str)
+                if not too_long and S_new.any():
                     self.sw.project(y1, S_new)      # sliding neurons back onto their surfaces
+            if too_long:
+                # the events cannot be re-integrated at this length: shorten it to what
+                # max_substeps resolves (the last step's lam_max), as a rejected step
+                self.rejected += 1
+                rejected_once = True
+                lmax = float(self._lam[-1])
+                self.h = min(0.5 * h, 0.9 * self.max_substeps / (self.substeps * lmax))
+                if self.h <= h_min_rel * max(abs(self.t), 1e-300):
+                    raise StepFailure(S.STEP_UNDERFLOW,
+                                      f"step size underflow: h = {self.h:.3g} at t = "
+                                      f"{self.t:.6g} (the event re-integration needs more "
+                                      f"than {self.max_substeps} substeps: lambda_max(K/n) "
+                                      f"= {lmax:.3g})")
+                continue
             err = self._norm(self.y, y1, err_vec, keep) if self.be.all_finite(y1) else math.nan
             if math.isfinite(err) and err <= 1.0:
                 fac = pi_factor(err, self.err_prev, k, self.safety, 0.2, self.max_factor,
