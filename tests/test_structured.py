@@ -552,6 +552,41 @@ def test_compiled_controls_match_least_squares(case):
     np.testing.assert_array_equal(g_fast[~S], g[~S])
 
 
+def test_compiled_rows_of_controls_and_projection_match_numpy():
+    """The exponential steps' compiled pieces on the numba backend, row by row against
+    the NumPy code on a whole sliding set (neurons with none, one and several sliding
+    pairs): the equivalent controls of the Gauss-Newton linearisation
+    (``Linearization.theta``, the sliding-mode ``sigma'``) and the projection onto the
+    surfaces (every sliding pair's pre-activation 0 afterwards, the same state)."""
+    pytest.importorskip("numba")
+    from flowsolve.backends.numba_backend import NumbaBackend
+    from flowsolve.models.two_layer_structure import make_linearize
+
+    m, n, d = 40, 12, 3
+    data = fs.datasets.smooth(n, d=d, seed=5)
+    model = fs.TwoLayer(m, fs.Scaling.from_gammas(0.75, 0.0, m), asi=False)
+    kernels = NumbaBackend().switching_kernels(model, data, np.float64)
+    assert kernels is not None
+    y = fs.Problem(model, data, seed=1).y0_host.copy()
+    rng = np.random.default_rng(2)
+    M = model.n_neurons
+    S = np.zeros((M, n), dtype=bool)
+    for k in range(M):
+        S[k, rng.choice(n, size=k % 4, replace=False)] = True   # 0 to 3 pairs
+    ref = make_linearize(model, np, data, np.float64)(y, S)
+    fast = make_linearize(model, np, data, np.float64, kernels=kernels)(y, S)
+    assert np.count_nonzero(ref.theta) > M
+    np.testing.assert_allclose(fast.theta, ref.theta, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fast.ag, ref.ag, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fast.gram(), ref.gram(), rtol=1e-10)
+    sw_ref = model.make_switching(np, data, np.float64)
+    sw_fast = model.make_switching(np, data, np.float64, kernels=kernels)
+    y_ref, y_fast = sw_ref.project(y.copy(), S), sw_fast.project(y.copy(), S)
+    assert np.abs(sw_fast.pre(y_fast)[S]).max() < 1e-12
+    np.testing.assert_allclose(y_fast, y_ref, rtol=1e-12, atol=1e-14)
+    assert np.abs(y_fast - y).max() > 1e-3                        # it did move
+
+
 def test_sliding_solve_same_on_numba_and_numpy():
     """The condensed four-point problem through its events: the sliding method on the
     numba backend follows the NumPy reference (same steps, same events)."""

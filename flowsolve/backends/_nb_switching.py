@@ -542,6 +542,51 @@ def sliding_rows(pre, rk, S, e, XX, lo, a, ca_n, cw_n, G, out_a, theta):
 
 
 @njit(cache=True)
+def controls_rows(G, S, e, XX, theta):
+    """``two_layer_structure.controls`` for the rows of ``G`` (q, n) (``sigma'`` of each
+    pair; overwritten on the sliding pairs ``S`` (q, n) with their equivalent controls),
+    residual ``e`` (n,): writes ``theta`` (q, n), zero outside ``S``. Each row by
+    :func:`_controls` (Cholesky where well conditioned, else least squares)."""
+    q, n = G.shape
+    for k in range(q):
+        _controls(G[k], S[k], e, XX)
+        for i in range(n):
+            theta[k, i] = G[k, i] if S[k, i] else 0.0
+
+
+@njit(cache=True)
+def project_rows(W, S, X, XX):
+    """``Switching.project`` for the rows of ``W`` (q, D) with sliding pairs ``S`` (q,
+    n), in place: each row moves along the span of its pairs' ``x~_i`` onto all of
+    their surfaces (``XX_SS l = X_S w``, ``w -= X_S^T l``; one pair in closed form,
+    several by least squares as the NumPy code)."""
+    q, D = W.shape
+    n = X.shape[0]
+    idx = np.empty(n, dtype=np.int64)
+    for k in range(q):
+        p = 0
+        for i in range(n):
+            if S[k, i]:
+                idx[p] = i
+                p += 1
+        if p == 0:
+            continue
+        if p == 1:
+            _onto_surface(W[k], X, XX, idx[0])
+            continue
+        A = np.empty((p, p))
+        b = np.empty(p)
+        for r in range(p):
+            b[r] = _dot_row(W[k], X, idx[r])
+            for c in range(p):
+                A[r, c] = XX[idx[r], idx[c]]
+        lam = np.linalg.lstsq(A, b, rcond=_EPS * p)[0]
+        for r in range(p):
+            for j in range(D):
+                W[k, j] -= lam[r] * X[idx[r], j]
+
+
+@njit(cache=True)
 def scatter_rows(P, rk, G, out_a, da):
     """``P[rk[j]] = G[j]`` and ``out_a[rk[j]] = da[j]`` (the folded sliding rows)."""
     for j in range(rk.shape[0]):

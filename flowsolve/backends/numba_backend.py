@@ -351,6 +351,7 @@ class _TwoLayerKernels:
         self.rows = min(self.M, max(256, _BLAS_BLOCK // n))        # BLAS block of neurons
         self._pre = None
         self._pre_all = None
+        self._xx = None          # x~ x~^T (n, n), for project_rows
         self.plan = None         # "blas" or "fused" where a Switching uses these kernels
         self.last_r = None       # residual (n,) float64 of the last RHS
 
@@ -459,6 +460,27 @@ class _TwoLayerKernels:
                       np.ascontiguousarray(S), e, self.xt, XX, float(lo), self.ca_n,
                       self.cw_n, out_a, out_w, theta)
         return out_a, out_w, theta
+
+    def controls_rows(self, G, S, e, XX):
+        """``two_layer_structure.controls`` on rows with sliding pairs, compiled: ``G``
+        (q, n) is overwritten on ``S`` (q, n) with the controls; returns ``theta`` (q, n)
+        (zero outside ``S``)."""
+        G = np.ascontiguousarray(G, dtype=np.float64)
+        theta = np.empty_like(G)
+        sw.controls_rows(G, np.ascontiguousarray(S, dtype=np.bool_),
+                         np.ascontiguousarray(e, dtype=np.float64), XX, theta)
+        return G, theta
+
+    def project_rows(self, W, S):
+        """``Switching.project`` on rows ``W`` (q, D) with sliding pairs ``S`` (q, n),
+        compiled; returns the projected rows (a new array)."""
+        if self._xx is None:
+            xx = self.xt.astype(np.float64) @ self.xt.T.astype(np.float64)
+            self._xx = np.ascontiguousarray(0.5 * (xx + xx.T))
+        W = np.array(W, dtype=np.float64, order="C")
+        sw.project_rows(W, np.ascontiguousarray(S, dtype=np.bool_),
+                        np.ascontiguousarray(self.xt, dtype=np.float64), self._xx)
+        return W
 
     def integrate_neurons(self, a, W, S, e_of, h, substeps, XX, lo):
         """``Switching.integrate_neurons`` compiled: the event neurons ``a`` (q,), ``W``

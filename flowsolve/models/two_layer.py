@@ -163,16 +163,17 @@ class TwoLayer:
 
         return rhs
 
-    def make_jacobian(self, xp, data, dtype):
+    def make_jacobian(self, xp, data, dtype, kernels=None):
         """Gauss-Newton structure of the flow: ``linearize(y) -> Linearization``.
 
         The flow is ``dy/dt^ = -C J^T e / n`` with ``e`` (n,) the residual, ``J = de/dy``
         (n, P) and ``C = linearize.mobility`` (P,). The returned object gives ``e``,
         ``jv(v)`` (n,), ``cjt(u)`` (P,), ``gram()`` = ``J C J^T`` (n, n) and ``dense()``
-        without forming ``J`` (see :mod:`flowsolve.models.two_layer_structure`).
+        without forming ``J`` (see :mod:`flowsolve.models.two_layer_structure`;
+        ``kernels``: a backend's switching kernels, for the compiled controls).
         """
         from .two_layer_structure import make_linearize
-        return make_linearize(self, xp, data, dtype)
+        return make_linearize(self, xp, data, dtype, kernels=kernels)
 
     def make_switching(self, xp, data, dtype, kernels=None, host=None, plain_rhs=None):
         """ReLU switching structure (sliding pairs, equivalent controls); see

@@ -49,6 +49,8 @@ class _Consts:
         #: (P,) diagonal mobility C: dy/dt = -C J^T e / n
         self.mobility = mob
         self.gram_cost = max(0.5, self.n / (2.0 * self.D))
+        #: compiled controls of the sliding rows (a backend's ``controls_rows``), or None
+        self.controls_rows = None
 
 
 class Linearization:
@@ -78,7 +80,7 @@ class Linearization:
         if sliding:
             self.h[S] = 0.0
         self.e = c.cf * (self.a @ self.h) - c.Y
-        self.theta = controls(xp, g, S, self.e, c.XX) if sliding else None
+        self.theta = controls(xp, g, S, self.e, c.XX, c.controls_rows) if sliding else None
         self.ag = g * self.a[:, None]                           # (M, n): a_k sigma'_ki
         self.loss = float(self.e @ self.e) / (2.0 * c.n)
         self.mobility = c.mobility
@@ -121,13 +123,16 @@ class Linearization:
         return J
 
 
-def make_linearize(model, xp, data, dtype):
+def make_linearize(model, xp, data, dtype, kernels=None):
     """``linearize(y, S=None) -> Linearization`` for ``model`` on ``data`` (``S``: bool
     (M, n) sliding pairs of a ReLU flow, whose ``sigma'`` becomes the equivalent control
     ``theta`` and ``sigma`` zero: then ``-C J^T e / n`` is the sliding-mode flow and
     ``lin.theta`` holds the controls); the function carries
-    ``mobility`` (P,), ``gram_cost`` (RHS-equivalents of one Gram matrix) and ``n``."""
+    ``mobility`` (P,), ``gram_cost`` (RHS-equivalents of one Gram matrix) and ``n``.
+    ``kernels``: a backend's switching kernels; their ``controls_rows``, if any, solves
+    the controls (compiled, as the sliding method's RHS does)."""
     consts = _Consts(model, xp, data, dtype)
+    consts.controls_rows = getattr(kernels, "controls_rows", None)
 
     def linearize(y, S=None):
         return Linearization(consts, y, S)
@@ -138,7 +143,7 @@ def make_linearize(model, xp, data, dtype):
     return linearize
 
 
-def controls(xp, g, S, e, XX):
+def controls(xp, g, S, e, XX, rows_kernel=None):
     """Equivalent controls ``theta`` of sliding pairs (Filippov), in place in ``g``.
 
     For every neuron ``k`` with sliding pairs ``I = {i : S[k, i]}`` solve
@@ -156,11 +161,22 @@ def controls(xp, g, S, e, XX):
         Residual (per neuron when 2-D).
     XX : array (n, n)
         ``x~_i . x~_j``.
+    rows_kernel : callable, optional
+        ``rows_kernel(G, S, e, XX) -> (G, theta)`` on the rows with sliding pairs (a
+        compiled twin, e.g. the numba backend's ``controls_rows``; 1-D ``e`` only).
 
     Returns
     -------
     theta : array (q, n), zero outside ``S``.
     """
+    if rows_kernel is not None and e.ndim == 1:
+        rows = _rows_with_any(xp, S)
+        theta = xp.zeros_like(g)
+        if rows.size:
+            G, th = rows_kernel(g[rows], S[rows], e, XX)
+            g[rows] = G
+            theta[rows] = th
+        return theta
     theta = xp.zeros_like(g)
     E = xp.broadcast_to(e, g.shape)
     cnt = S.sum(axis=1)
@@ -524,6 +540,10 @@ class Switching:
             return y
         w = y[c.M:].reshape(c.M, c.D)
         rows = xp.nonzero(S.any(axis=1))[0]
+        project_rows = getattr(self.kernels, "project_rows", None)
+        if project_rows is not None:              # compiled, the same projection
+            w[rows] = project_rows(w[rows], S[rows])
+            return y
         for k in rows.tolist() if S[rows].sum() > rows.size else []:
             idx = xp.nonzero(S[k])[0]
             X = c.Xt[idx]                                           # (p, D)

@@ -121,7 +121,9 @@ def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=
         sw = None
         if getattr(getattr(model, "activation", None), "name", "") in ("relu", "leaky_relu"):
             sw = _switching(problem)
-        st = ExpGNStepper(model.make_jacobian(be.xp, data, problem.dtype), problem.rhs_into,
+        jac_kw = {"kernels": sw.kernels} if sw is not None and sw.kernels is not None else {}
+        st = ExpGNStepper(model.make_jacobian(be.xp, data, problem.dtype, **jac_kw),
+                          problem.rhs_into,
                           be, problem.y0, rtol=rtol, atol=atol, dt=first_step,
                           error_ref=error_ref, status_enum=status_enum, switching=sw,
                           tableau=name)
