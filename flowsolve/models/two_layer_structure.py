@@ -219,8 +219,8 @@ def dip_fraction(xp, p0, b, p1, P):
     and a start within half the rate's reach of it (on the active side ``b < 0``, and
     ``s_ext = -b/(2c) < 1`` gives ``c > |b|/2``, so ``p(s_ext) < 0`` needs
     ``p0 < b^2/(4c) < |b|/2``; likewise on the other side). On the whole state of digits
-    (512,000 pairs) that test is a few passes, where the quadratic on every pair took
-    ~130 ms a call."""
+    (512,000 pairs) that test is a few passes; the quadratic on every pair had taken a
+    third of a profiled ``expgn3`` run late on digits (docs/benchmarks.md, session 18)."""
     p0, b, p1, P = xp.broadcast_arrays(p0, b, p1, P)
     up = P == 1.0
     dist = xp.where(up, p0, -p0)                 # distance to the surface on its side
