@@ -351,7 +351,6 @@ class _TwoLayerKernels:
         self.rows = min(self.M, max(256, _BLAS_BLOCK // n))        # BLAS block of neurons
         self._pre = None
         self._pre_all = None
-        self._xx = None          # x~ x~^T (n, n), for project_rows
         self.plan = None         # "blas" or "fused" where a Switching uses these kernels
         self.last_r = None       # residual (n,) float64 of the last RHS
 
@@ -471,15 +470,12 @@ class _TwoLayerKernels:
                          np.ascontiguousarray(e, dtype=np.float64), XX, theta)
         return G, theta
 
-    def project_rows(self, W, S):
-        """``Switching.project`` on rows ``W`` (q, D) with sliding pairs ``S`` (q, n),
-        compiled; returns the projected rows (a new array)."""
-        if self._xx is None:
-            xx = self.xt.astype(np.float64) @ self.xt.T.astype(np.float64)
-            self._xx = np.ascontiguousarray(0.5 * (xx + xx.T))
+    def project_rows(self, W, S, XX):
+        """``Switching.project`` on rows ``W`` (q, D) with sliding pairs ``S`` (q, n)
+        (``XX`` (n, n) = ``x~ x~^T``), compiled; returns the projected rows (a new
+        array)."""
         W = np.array(W, dtype=np.float64, order="C")
-        sw.project_rows(W, np.ascontiguousarray(S, dtype=np.bool_),
-                        np.ascontiguousarray(self.xt, dtype=np.float64), self._xx)
+        sw.project_rows(W, np.ascontiguousarray(S, dtype=np.bool_), self.xt, XX)
         return W
 
     def integrate_neurons(self, a, W, S, e_of, h, substeps, XX, lo):

@@ -542,7 +542,7 @@ class Switching:
         rows = xp.nonzero(S.any(axis=1))[0]
         project_rows = getattr(self.kernels, "project_rows", None)
         if project_rows is not None:              # compiled, the same projection
-            w[rows] = project_rows(w[rows], S[rows])
+            w[rows] = project_rows(w[rows], S[rows], c.XX)
             return y
         for k in rows.tolist() if S[rows].sum() > rows.size else []:
             idx = xp.nonzero(S[k])[0]

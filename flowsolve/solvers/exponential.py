@@ -441,33 +441,32 @@ class ExpGNStepper:
             if too_long:
                 # the events cannot be re-integrated at this length: shorten it to what
                 # max_substeps resolves (the last step's lam_max), as a rejected step
-                self.rejected += 1
-                rejected_once = True
                 lmax = float(self._lam[-1])
-                self.h = min(0.5 * h, 0.9 * self.max_substeps / (self.substeps * lmax))
-                if self.h <= h_min_rel * max(abs(self.t), 1e-300):
-                    raise StepFailure(S.STEP_UNDERFLOW,
-                                      f"step size underflow: h = {self.h:.3g} at t = "
-                                      f"{self.t:.6g} (the event re-integration needs more "
-                                      f"than {self.max_substeps} substeps: lambda_max(K/n) "
-                                      f"= {lmax:.3g})")
-                continue
-            err = self._norm(self.y, y1, err_vec, keep) if self.be.all_finite(y1) else math.nan
-            if math.isfinite(err) and err <= 1.0:
-                fac = pi_factor(err, self.err_prev, k, self.safety, 0.2, self.max_factor,
-                                rejected_once)
-                self.err_prev = max(err, 1e-4)
-                if not clipped or h >= self.h:
-                    self.h = h * fac
-                break
+                h_new = min(0.5 * h, 0.9 * self.max_substeps / (self.substeps * lmax))
+                kind = S.STEP_UNDERFLOW
+                why = (f"the event re-integration needs more than {self.max_substeps} "
+                       f"substeps: lambda_max(K/n) = {lmax:.3g}")
+            else:
+                err = (self._norm(self.y, y1, err_vec, keep) if self.be.all_finite(y1)
+                       else math.nan)
+                if math.isfinite(err) and err <= 1.0:
+                    fac = pi_factor(err, self.err_prev, k, self.safety, 0.2, self.max_factor,
+                                    rejected_once)
+                    self.err_prev = max(err, 1e-4)
+                    if not clipped or h >= self.h:
+                        self.h = h * fac
+                    break
+                fac = 0.25 if not math.isfinite(err) else max(1e-3,
+                                                              self.safety * err ** (-1.0 / k))
+                h_new = h * min(fac, 0.9)
+                kind = S.NON_FINITE if not math.isfinite(err) else S.STEP_UNDERFLOW
+                why = "exponential Gauss-Newton steps"
             self.rejected += 1
             rejected_once = True
-            fac = 0.25 if not math.isfinite(err) else max(1e-3, self.safety * err ** (-1.0 / k))
-            self.h = h * min(fac, 0.9)
+            self.h = h_new
             if self.h <= h_min_rel * max(abs(self.t), 1e-300):
-                kind = S.NON_FINITE if not math.isfinite(err) else S.STEP_UNDERFLOW
                 raise StepFailure(kind, f"step size underflow: h = {self.h:.3g} at "
-                                        f"t = {self.t:.6g} (exponential Gauss-Newton steps)")
+                                        f"t = {self.t:.6g} ({why})")
         self.y_old, self.y = self.y, y1
         self.old = self.cur
         if self.sw is not None:
