@@ -429,7 +429,8 @@ def test_compiled_switching_matches_numpy(d, act, parallel):
     # d = 3, serial: the sliding rows are folded into the blocked BLAS pass; check it in
     # blocks of 16 neurons too (rows 1, 7 and 19 fall in three of them)
     folds = fast.plain.rhs_sliding(y, np.empty_like(y), *fast.sliding_rows, fast.c.XX, 0.0)
-    assert (folds is not None) == (d == 3 and not parallel)
+    threaded = parallel and be.threads > 1           # one thread (NUMBA_NUM_THREADS=1): serial
+    assert (folds is not None) == (d == 3 and not threaded)
     if folds is not None:
         fast.plain.rows, fast.plain._pre = 16, None
         o_blk = np.empty_like(y)
@@ -659,6 +660,58 @@ def test_dip_fraction_prefilter_is_exact():
     dense = _dip_roots(np, p0, b, p1, P == 1.0)
     assert (dense <= 1.0).sum() > 1000
     np.testing.assert_array_equal(s, dense)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_compiled_event_pairs_match_numpy(parallel):
+    """Switching.event_pairs, compiled (one pass) and in NumPy, flag the same pairs:
+    crossings, arrivals of the start's rate, ends on the surface to rounding; never
+    sliding pairs. Every excursion across the surface and back (dip_fraction, both
+    sides) is among them: a dip starts within half the rate's reach, an arrival."""
+    from flowsolve.models.two_layer_structure import dip_fraction
+
+    numba = pytest.importorskip("numba")
+    from flowsolve.backends.numba_backend import NumbaBackend
+
+    m, n, d = 60, 12, 3
+    data = fs.datasets.smooth(n, d=d, seed=2)
+    model = fs.TwoLayer(m, fs.Scaling.from_gammas(1.0, 0.0, m), asi=False)
+    be = NumbaBackend(parallel_threshold=1, threads=numba.config.NUMBA_NUM_THREADS) \
+        if parallel else NumbaBackend()
+    ref = model.make_switching(np, data, np.float64)
+    fast = model.make_switching(np, data, np.float64,
+                                kernels=be.switching_kernels(model, data, np.float64))
+    rng = np.random.default_rng(9)
+    pre0 = rng.standard_normal((m, n)) * 0.1
+    rate = rng.standard_normal((m, n)) * 0.3
+    curv = rng.standard_normal((m, n)) * 0.3
+    # a third dip candidates: toward the surface, within half the rate's reach u |b|;
+    # half of them curve back to their side (c in ((1 - u) |b|, |b| / (4 u)): a dip)
+    cand = rng.random((m, n)) < 0.3
+    u = rng.uniform(0.05, 0.5, cand.sum())
+    b = rate[cand]
+    pre0[cand] = -np.sign(b) * u * np.abs(b)
+    back = rng.random(cand.sum()) < 0.5
+    c = np.abs(b) * rng.uniform(np.maximum(0.5, 1 - u), 1 / (4 * u))
+    curv[cand] = np.where(back, -np.sign(b) * c, curv[cand])
+    pre1 = pre0 + rate + curv
+    wn = np.abs(rng.standard_normal(m)) + 0.5
+    on = rng.random((m, n)) < 0.02                       # ends on the surface
+    pre1[on] = 1e-12 * rng.standard_normal(on.sum())
+    S = rng.random((m, n)) < 0.1
+    p_ref, n_ref = ref.event_pairs(pre0, pre1, rate, S, wn)
+    p_fast, n_fast = fast.event_pairs(pre0, pre1, rate, S, wn)
+    np.testing.assert_array_equal(p_fast, p_ref)
+    np.testing.assert_array_equal(n_fast, n_ref)
+    assert not (p_ref & S).any()
+    crossing = ~S & ((pre0 > 0) != (pre1 > 0))
+    arrival = ~S & ((pre0 > 0) != (pre0 + rate > 0))
+    dips = ~S & ~crossing & (dip_fraction(np, pre0, rate, pre1,
+                                          np.where(pre0 > 0, 1.0, 0.0)) <= 1)
+    assert crossing.sum() > 50 and arrival.sum() > 50 and dips.sum() > 50
+    np.testing.assert_array_equal(p_ref, crossing | arrival)
+    assert p_ref[dips].all() and arrival[dips].all()
+    assert n_ref.sum() >= 5 and n_ref.sum() < m
 
 
 @pytest.mark.parametrize("compiled", [False, True])

@@ -253,6 +253,37 @@ _RK4_V = (0, 1, 1, 2)              # and which of v(t0), v(t0 + dt/2), v(t0 + dt
 
 
 @njit(cache=True)
+def _rk4_linear(a, w, dt, ca_n, cw_n, V, U, kw, wt, w_out):
+    """One classical RK4 step of a neuron whose velocity is linear in ``(a, w)``:
+    ``da = ca_n w . u(tau)``, ``dw = cw_n a v(tau)``, given ``v`` and ``u`` at the substep's
+    start, middle and end (rows 0, 1, 2 of ``V``, ``U`` (3, D)); writes ``w_out`` (D,),
+    returns the new ``a``. ``kw`` (4, D), ``wt`` (D,): scratch."""
+    D = w.shape[0]
+    for j in range(D):
+        wt[j] = w[j]
+    at = a
+    acc = 0.0                               # sum of b_s k_s for a (times 6)
+    for s in range(4):
+        v = V[_RK4_V[s]]
+        ks = ca_n * _dot(wt, U[_RK4_V[s]])
+        acc += _RK4_B[s] * ks
+        f = cw_n * at
+        for j in range(D):
+            kw[s, j] = f * v[j]
+        if s < 3:                           # the next stage's state
+            c = _RK4_C[s + 1] * dt
+            at = a + c * ks
+            for j in range(D):
+                wt[j] = w[j] + c * kw[s, j]
+    for j in range(D):
+        sw = 0.0
+        for s in range(4):
+            sw += _RK4_B[s] * kw[s, j]
+        w_out[j] = w[j] + dt / 6.0 * sw
+    return a + dt / 6.0 * acc
+
+
+@njit(cache=True)
 def _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, e2, kw, wt, w_out, G, gi, vs,
                 vkey):
     """:func:`_rk4` for a neuron without sliding pairs: its velocity is linear in
@@ -272,37 +303,45 @@ def _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, e2, kw, wt, w_out, G, g
     _residual_at(R, h, t0 + dt, G, gi + 2 if gi >= 0 else -1, e2)
     _pattern_sum2(P, e, e2, X, vs[1], vs[2])
     vkey[0] = gi + 2 if gi >= 0 else -1
+    V = vs[:3]
+    return _rk4_linear(a, w, dt, ca_n, cw_n, V, V, kw, wt, w_out)
+
+
+@njit(cache=True, fastmath=_FAST)
+def _sliding_sums(P, S, e, X, XX, g, u, v):
+    """A sliding neuron's velocity vectors at one time (residual ``e`` (n,)): the
+    controls into ``g`` (n,) (``P`` outside ``S``), ``u = X^T (P e)`` over the pairs
+    outside ``S`` and ``v = X^T (g e)`` (D,), one pass over ``X``."""
+    n, D = X.shape
+    for i in range(n):
+        g[i] = 0.0 if S[i] else P[i]
+    _controls(g, S, e, XX)
     for j in range(D):
-        wt[j] = w[j]
-    at = a
-    acc = 0.0                               # sum of b_s k_s for a (times 6)
-    for s in range(4):
-        v = vs[_RK4_V[s]]
-        ks = ca_n * _dot(wt, v)
-        acc += _RK4_B[s] * ks
-        f = cw_n * at
+        u[j] = 0.0
+        v[j] = 0.0
+    for i in range(n):
+        cu = 0.0 if S[i] else P[i] * e[i]
+        cv = g[i] * e[i]
         for j in range(D):
-            kw[s, j] = f * v[j]
-        if s < 3:                           # the next stage's state
-            c = _RK4_C[s + 1] * dt
-            at = a + c * ks
-            for j in range(D):
-                wt[j] = w[j] + c * kw[s, j]
-    for j in range(D):
-        sw = 0.0
-        for s in range(4):
-            sw += _RK4_B[s] * kw[s, j]
-        w_out[j] = w[j] + dt / 6.0 * sw
-    return a + dt / 6.0 * acc
+            x = X[i, j]
+            u[j] += cu * x
+            v[j] += cv * x
 
 
 @njit(cache=True)
 def _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w_out, G, gi, vs, vkey):
     """One classical RK4 step of one neuron from ``t0`` by ``dt``; writes ``w_out``
     (D,), returns the new ``a``. ``e``, ``g`` (n,), ``kw`` (4, D), ``wt`` (D,): scratch.
-    ``G``, ``gi``: the grid table and the row of ``t0`` in it (-1: off the grid).
-    Without sliding pairs :func:`_rk4_frozen` (``vs``, ``vkey``: its cache)."""
-    D = w.shape[0]
+    ``G``, ``gi``: the grid table and the row of ``t0`` in it (-1: off the grid);
+    ``vs`` (6, D) scratch, ``vkey`` the cache of :func:`_rk4_frozen`.
+
+    With or without sliding pairs the velocity is linear in ``(a, w)``: ``dw = cw_n a
+    v(tau)``, ``da = ca_n w . u(tau)`` with ``v = X^T (g e)``, ``g`` the frozen pattern
+    and the equivalent controls on the sliding pairs (which depend on ``e(tau)``, not on
+    the neuron), and ``u = X^T (P e)`` over the pairs outside ``S`` (``sum P_i e_i w .
+    x~_i``, the sliding pairs' ``sigma`` being 0). So the four stages need the two
+    vectors at three times only (:func:`_rk4_linear`); without sliding pairs ``u = v``
+    (:func:`_rk4_frozen`, which also reuses the substep before's end)."""
     sliding = False
     for i in range(S.shape[0]):
         if S[i]:
@@ -312,22 +351,11 @@ def _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w_out, G, gi
         return _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, g, kw, wt, w_out, G,
                            gi, vs, vkey)
     vkey[0] = -1
-    _residual_at(R, h, t0, G, gi, e)
-    k1 = _rhs1(a, w, P, S, e, X, XX, ca_n, cw_n, g, kw[0])
-    _residual_at(R, h, t0 + 0.5 * dt, G, gi + 1 if gi >= 0 else -1, e)
-    for j in range(D):
-        wt[j] = w[j] + 0.5 * dt * kw[0, j]
-    k2 = _rhs1(a + 0.5 * dt * k1, wt, P, S, e, X, XX, ca_n, cw_n, g, kw[1])
-    for j in range(D):
-        wt[j] = w[j] + 0.5 * dt * kw[1, j]
-    k3 = _rhs1(a + 0.5 * dt * k2, wt, P, S, e, X, XX, ca_n, cw_n, g, kw[2])
-    _residual_at(R, h, t0 + dt, G, gi + 2 if gi >= 0 else -1, e)
-    for j in range(D):
-        wt[j] = w[j] + dt * kw[2, j]
-    k4 = _rhs1(a + dt * k3, wt, P, S, e, X, XX, ca_n, cw_n, g, kw[3])
-    for j in range(D):
-        w_out[j] = w[j] + dt / 6.0 * (kw[0, j] + 2 * kw[1, j] + 2 * kw[2, j] + kw[3, j])
-    return a + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+    for r in range(3):
+        c = 0.5 * r * dt
+        _residual_at(R, h, t0 + c, G, gi + r if gi >= 0 else -1, e)
+        _sliding_sums(P, S, e, X, XX, g, vs[3 + r], vs[r])
+    return _rk4_linear(a, w, dt, ca_n, cw_n, vs[:3], vs[3:], kw, wt, w_out)
 
 
 @njit(cache=True, fastmath=_FAST)
@@ -370,7 +398,7 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
     scratch: ``P``, ``e``, ``g`` (n,), ``kw`` (4, D), ``wt``, ``w1``, ``wr`` (D,); ``G`` is
     the residual on the substeps' grid (:func:`_grid_table`), ``xn`` (n,) the norms
     ``|x~_i|``; ``p``, ``q`` (n,) scratch for the pre-activations at a substep's ends;
-    ``vs`` (3, D), ``vkey`` (1,) the cache of :func:`_rk4_frozen`."""
+    ``vs`` (6, D), ``vkey`` (1,) the scratch and cache of :func:`_rk4`."""
     n, D = X.shape
     vkey[0] = -1
     for i in range(n):
@@ -488,7 +516,7 @@ def _neuron_range(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1, 
     wt = np.empty(D)
     w1 = np.empty(D)
     wr = np.empty(D)
-    vs = np.empty((3, D))
+    vs = np.empty((6, D))
     vkey = np.empty(1, dtype=np.int64)
     for k in range(k0, k1):
         a[k], cost[k] = _one_neuron(a[k], W[k], S[k], R, h, substeps, X, XX, lo, ca_n,
@@ -512,6 +540,39 @@ def integrate_neurons(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, nchunks):
             k1 = (c + 1) * q // nchunks
             _neuron_range(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, cost, k0, k1, G)
     return cost.sum()
+
+
+@njit(cache=True)
+def _event_pair_range(pre0, pre1, rate, S, wn, xn, pairs, near, k0, k1):
+    n = pre0.shape[1]
+    for k in range(k0, k1):
+        tiny = 1e-10 * wn[k]
+        nk = False
+        for i in range(n):
+            if S[k, i]:
+                pairs[k, i] = False
+                continue
+            p0, p1 = pre0[k, i], pre1[k, i]
+            up = p0 > 0
+            pairs[k, i] = (up != (p1 > 0)) or (up != (p0 + rate[k, i] > 0))
+            if abs(p1) <= tiny * xn[i]:
+                nk = True
+        near[k] = nk
+
+
+@njit(cache=True, parallel=True)
+def event_pairs(pre0, pre1, rate, S, wn, xn, pairs, near, nchunks):
+    """``Switching.event_pairs`` in one pass over the (M, n) pairs: writes ``pairs``
+    (M, n) (outside ``S``: a crossing from ``pre0`` to ``pre1`` or an arrival, the
+    start's ``rate`` reaching the surface) and ``near`` (M,) (a pair outside ``S`` with
+    ``|pre1| <= 1e-10 wn_k xn_i``)."""
+    M = pre0.shape[0]
+    if nchunks <= 1:
+        _event_pair_range(pre0, pre1, rate, S, wn, xn, pairs, near, 0, M)
+        return
+    for c in prange(nchunks):
+        _event_pair_range(pre0, pre1, rate, S, wn, xn, pairs, near,
+                          c * M // nchunks, (c + 1) * M // nchunks)
 
 
 @njit(cache=True)

@@ -494,6 +494,20 @@ class _TwoLayerKernels:
                                     float(lo), self.ca_n, self.cw_n, max(nc, 1))
         return a, W, S, float(cost)
 
+    def event_pairs(self, pre0, pre1, rate, S, wn, xn):
+        """``Switching.event_pairs`` compiled (one pass instead of a dozen array
+        operations over the (M, n) pairs); returns ``(pairs (M, n), near (M,))``."""
+        M = pre0.shape[0]
+        pairs = np.empty((M, self.n), dtype=np.bool_)
+        near = np.empty(M, dtype=np.bool_)
+        f = self.dtype
+        sw.event_pairs(np.ascontiguousarray(pre0, dtype=f), np.ascontiguousarray(pre1, dtype=f),
+                       np.ascontiguousarray(rate, dtype=f), np.ascontiguousarray(S),
+                       np.ascontiguousarray(wn, dtype=f), np.ascontiguousarray(xn, dtype=f),
+                       pairs, near, max(self.be._par(M * self.n, self.be.parallel_threshold),
+                                        1))
+        return pairs, near
+
     def pre(self, y) -> np.ndarray:
         """Unscaled pre-activations ``w_k . x~_i`` (M, n) by the row kernel (no BLAS)."""
         M, D = self.M, self.D

@@ -90,7 +90,8 @@ class Linearization:
         c = self.c
         M, D = c.M, c.D
         vw = v[M:].reshape(M, D) @ c.XtT                        # (M, n)
-        return c.cf * (v[:M] @ self.h + c.s * (self.ag * vw).sum(axis=0))
+        vw *= self.ag
+        return c.cf * (v[:M] @ self.h + c.s * vw.sum(axis=0))
 
     def cjt(self, u, out=None):
         """``C J^T u`` for ``u`` of shape (n,); returns shape (P,) (``out`` if given).
@@ -103,7 +104,8 @@ class Linearization:
         if out is None:
             out = xp.empty(M * (D + 1), dtype=self.h.dtype)
         xp.multiply(self.h @ u, c.ca, out=out[:M])
-        xp.multiply((self.ag * u) @ c.Xt, c.cw, out=out[M:].reshape(M, D))
+        # (ag u) Xt as ag (u Xt): an (n, D) scaling instead of an (M, n) temporary
+        xp.multiply(self.ag @ (u[:, None] * c.Xt), c.cw, out=out[M:].reshape(M, D))
         return out
 
     def gram(self):
@@ -553,6 +555,48 @@ class Switching:
             X = c.Xt[i]                                             # (r, D)
             w[rows] -= ((w[rows] * X).sum(axis=1) / (X * X).sum(axis=1))[:, None] * X
         return y
+
+    def event_pairs(self, pre0, pre1, rate, S, wn):
+        """The pairs a step may take through a switching event, from the pre-activations
+        at its ends and the start's rate.
+
+        Parameters
+        ----------
+        pre0, pre1 : array (M, n)
+            ``w_k . x~_i`` at the start and the end of the step.
+        rate : array (M, n)
+            The start's rate of ``pre0`` times the step (its linear reach).
+        S : bool array (M, n)
+            Sliding pairs (never reported).
+        wn : array (M,)
+            ``|w_k|`` at the end of the step.
+
+        Returns
+        -------
+        pairs : bool array (M, n)
+            Outside ``S``: the ends differ in sign (a crossing) or the start's rate
+            reaches the surface within the step (an arrival). This covers the
+            excursions across the surface and back too: the quadratic through
+            ``pre0``, ``rate`` and ``pre1`` can dip only from a start within half the
+            rate's reach (:func:`dip_fraction`), which is an arrival.
+        near : bool array (M,)
+            Neurons with a pair outside ``S`` ending on its surface to rounding
+            (``|pre1| <= 1e-10 |w_k| |x~_i|``).
+        """
+        xn = self._xnorm()
+        if self.kernels is not None:
+            return self.kernels.event_pairs(pre0, pre1, rate, S, wn, xn)
+        xp = self.c.xp
+        up = pre0 > 0
+        pairs = ~S & ((up != (pre1 > 0)) | (up != (pre0 + rate > 0)))
+        near = (~S & (xp.abs(pre1) <= (1e-10 * wn)[:, None] * xn[None, :])).any(axis=1)
+        return pairs, near
+
+    def _xnorm(self):
+        """``|x~_i|`` (n,)."""
+        if getattr(self, "_xn", None) is None:
+            self._xn = self.c.xp.sqrt(self.c.xp.diagonal(self.c.XX))
+        return self._xn
 
     def significant(self, pairs, y, e, h, rtol, atol):
         """Neurons (bool (M,)) with a crossing pair in ``pairs`` whose kink matters at the
