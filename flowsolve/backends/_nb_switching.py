@@ -341,7 +341,8 @@ def _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w_out, G, gi
     the neuron), and ``u = X^T (P e)`` over the pairs outside ``S`` (``sum P_i e_i w .
     x~_i``, the sliding pairs' ``sigma`` being 0). So the four stages need the two
     vectors at three times only (:func:`_rk4_linear`); without sliding pairs ``u = v``
-    (:func:`_rk4_frozen`, which also reuses the substep before's end)."""
+    (:func:`_rk4_frozen`). Both reuse the substep before's end where ``vkey`` says it
+    is on the grid at ``t0`` (callers reset it where ``P`` or ``S`` change)."""
     sliding = False
     for i in range(S.shape[0]):
         if S[i]:
@@ -350,11 +351,17 @@ def _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w_out, G, gi
     if not sliding:
         return _rk4_frozen(a, w, P, R, h, t0, dt, X, ca_n, cw_n, e, g, kw, wt, w_out, G,
                            gi, vs, vkey)
-    vkey[0] = -1
-    for r in range(3):
+    r0 = 0
+    if gi >= 0 and vkey[0] == gi:           # the substep before ended at t0 (same P, S)
+        for j in range(w.shape[0]):
+            vs[0, j] = vs[2, j]
+            vs[3, j] = vs[5, j]
+        r0 = 1
+    for r in range(r0, 3):
         c = 0.5 * r * dt
         _residual_at(R, h, t0 + c, G, gi + r if gi >= 0 else -1, e)
         _sliding_sums(P, S, e, X, XX, g, vs[3 + r], vs[r])
+    vkey[0] = gi + 2 if gi >= 0 else -1
     return _rk4_linear(a, w, dt, ca_n, cw_n, vs[:3], vs[3:], kw, wt, w_out)
 
 
@@ -384,10 +391,12 @@ def _dip(p0, b, p1, up):
 
 @njit(cache=True)
 def _onto_surface(w, X, XX, i):
-    """Project ``w`` (D,) onto ``w . x~_i = 0`` along ``x~_i``."""
+    """Project ``w`` (D,) onto ``w . x~_i = 0`` along ``x~_i``; returns the multiple
+    ``c`` of ``x~_i`` taken off (pre-activations move by ``-c XX[i]``)."""
     c = _dot_row(w, X, i) / XX[i, i]
     for j in range(w.shape[0]):
         w[j] -= c * X[i, j]
+    return c
 
 
 @njit(cache=True)
@@ -477,7 +486,6 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
             if S[i]:
                 ns += 1
         if ns:
-            vkey[0] = -1                        # releases change the pattern
             _residual_at(R, h, t0 + h / substeps, G, 2 * sub + 2, e)
             for i in range(n):
                 g[i] = 0.0 if S[i] else P[i]
@@ -491,13 +499,14 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
                         P[i] = 1.0 if up else lo
                         p[i] = _dot_row(w, X, i)
                         ns -= 1
+                        vkey[0] = -1            # a release changes the pattern
             if ns == 1:                         # keep it exactly on its surface
                 i = 0
                 while not S[i]:
                     i += 1
-                _onto_surface(w, X, XX, i)
-                for i2 in range(n):
-                    p[i2] = _dot_row(w, X, i2)
+                c = _onto_surface(w, X, XX, i)
+                for i2 in range(n):             # the velocity vectors do not move
+                    p[i2] -= c * XX[i, i2]
     return a, stages
 
 

@@ -60,6 +60,8 @@ class Linearization:
     ----------
     e : array, shape (n,)
         Residual ``e_i = c_f sum_k a_k sigma(s w_k . x~_i) - y_i``.
+    pre : array, shape (M, n)
+        Pre-activations ``s w_k . x~_i``.
     loss : float
         ``|e|^2 / (2n)``.
     mobility : array, shape (P,)
@@ -74,6 +76,7 @@ class Linearization:
         pre = y[M:].reshape(M, D) @ c.XtT                       # (M, n)
         if c.s != 1.0:
             pre *= c.s
+        self.pre = pre
         self.h = c.act.sigma(xp, pre)                           # (M, n)
         g = c.act.dsigma(xp, pre)
         sliding = S is not None and bool(S.any())
@@ -563,13 +566,14 @@ class Switching:
         Parameters
         ----------
         pre0, pre1 : array (M, n)
-            ``w_k . x~_i`` at the start and the end of the step.
+            ``s w_k . x~_i`` at the start and the end of the step (any fixed positive
+            scale ``s``, the same in ``rate`` and ``wn``).
         rate : array (M, n)
             The start's rate of ``pre0`` times the step (its linear reach).
         S : bool array (M, n)
             Sliding pairs (never reported).
         wn : array (M,)
-            ``|w_k|`` at the end of the step.
+            ``s |w_k|`` at the end of the step.
 
         Returns
         -------
@@ -581,7 +585,7 @@ class Switching:
             rate's reach (:func:`dip_fraction`), which is an arrival.
         near : bool array (M,)
             Neurons with a pair outside ``S`` ending on its surface to rounding
-            (``|pre1| <= 1e-10 |w_k| |x~_i|``).
+            (``|pre1| <= 1e-10 wn_k |x~_i|``).
         """
         xn = self._xnorm()
         if self.kernels is not None:

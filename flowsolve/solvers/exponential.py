@@ -343,9 +343,9 @@ class ExpGNStepper:
         sw, xp = self.sw, self.xp
         c = sw.c
         M, D = c.M, c.D
-        pre0, pre1 = sw.pre(y), sw.pre(y1)
-        w1 = y1[M:].reshape(M, D)
         lin1 = self.linearize(y1, S)
+        pre0, pre1 = self._lin0.pre, lin1.pre          # s w . x~ at y and y1
+        w1 = y1[M:].reshape(M, D)
         # crossings, and arrivals, where the start's rate reaches the surface within the
         # step: at an attractive surface the stages cross it, meet the other side's
         # velocity and are pushed back, so the ends need not differ in sign, and the
@@ -355,8 +355,9 @@ class ExpGNStepper:
         # through the value and rate at y and the value at y1 dips only from a start
         # within half the rate's reach (Switching.event_pairs)
         v0 = self._velocity(self._lin0)
-        rate0 = (v0[M:].reshape(M, D) @ c.XtT) * h       # a rate: BLAS, not the sign kernel
-        pairs, near = sw.event_pairs(pre0, pre1, rate0, S, xp.sqrt((w1 * w1).sum(axis=1)))
+        rate0 = (v0[M:].reshape(M, D) @ c.XtT) * (c.s * h)
+        pairs, near = sw.event_pairs(pre0, pre1, rate0, S,
+                                     c.s * xp.sqrt((w1 * w1).sum(axis=1)))
         self.aux_work += 0.5
         ev = sw.significant(compact(xp, pairs), y1, lin1.e, h, self.rtol, self.atol) | near
         if S.any():
