@@ -83,10 +83,37 @@ class Linearization:
         if sliding:
             self.h[S] = 0.0
         self.e = c.cf * (self.a @ self.h) - c.Y
-        self.theta = controls(xp, g, S, self.e, c.XX, c.controls_rows) if sliding else None
+        self._theta_rows = None                                  # (rows, controls (r, n))
+        if sliding:
+            if c.controls_rows is not None:
+                self._theta_rows = _controls_on_rows(xp, g, S, self.e, c.XX, c.controls_rows)
+            else:
+                theta = controls(xp, g, S, self.e, c.XX)
+                rows = _rows_with_any(xp, S)
+                self._theta_rows = (rows, theta[rows])
         self.ag = g * self.a[:, None]                           # (M, n): a_k sigma'_ki
         self.loss = float(self.e @ self.e) / (2.0 * c.n)
         self.mobility = c.mobility
+
+    @property
+    def theta(self):
+        """The equivalent controls (M, n), zero outside the sliding pairs (None without
+        them)."""
+        if self._theta_rows is None:
+            return None
+        rows, th = self._theta_rows
+        theta = self.c.xp.zeros_like(self.h)
+        theta[rows] = th
+        return theta
+
+    def controls_left(self, S, lo):
+        """Neurons (bool (M,)) with a sliding pair in ``S`` whose equivalent control is
+        outside ``[lo, 1]`` (beyond 1e-12): their pairs are released."""
+        out = self.c.xp.zeros(self.c.M, dtype=bool)
+        if self._theta_rows is not None:
+            rows, th = self._theta_rows
+            out[rows] = (S[rows] & ((th < lo - 1e-12) | (th > 1.0 + 1e-12))).any(axis=1)
+        return out
 
     def jv(self, v):
         """``J v`` for ``v`` of shape (P,); returns shape (n,)."""
@@ -175,12 +202,9 @@ def controls(xp, g, S, e, XX, rows_kernel=None):
     theta : array (q, n), zero outside ``S``.
     """
     if rows_kernel is not None and e.ndim == 1:
-        rows = _rows_with_any(xp, S)
+        rows, th = _controls_on_rows(xp, g, S, e, XX, rows_kernel)
         theta = xp.zeros_like(g)
-        if rows.size:
-            G, th = rows_kernel(g[rows], S[rows], e, XX)
-            g[rows] = G
-            theta[rows] = th
+        theta[rows] = th
         return theta
     theta = xp.zeros_like(g)
     E = xp.broadcast_to(e, g.shape)
@@ -210,6 +234,17 @@ def controls(xp, g, S, e, XX, rows_kernel=None):
         g[k] = gk
         theta[k, idx] = th
     return theta
+
+
+def _controls_on_rows(xp, g, S, e, XX, rows_kernel):
+    """:func:`controls` by ``rows_kernel`` on the rows with sliding pairs only; returns
+    ``(rows (r,), theta[rows] (r, n))``."""
+    rows = _rows_with_any(xp, S)
+    if not rows.size:
+        return rows, xp.zeros((0, g.shape[1]), dtype=g.dtype)
+    G, th = rows_kernel(g[rows], S[rows], e, XX)
+    g[rows] = G
+    return rows, th
 
 
 def dip_fraction(xp, p0, b, p1, P):
