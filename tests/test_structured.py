@@ -553,19 +553,24 @@ def test_compiled_controls_match_least_squares(case):
     np.testing.assert_array_equal(g_fast[~S], g[~S])
 
 
-def test_compiled_rows_of_controls_and_projection_match_numpy():
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+def test_compiled_rows_of_controls_and_projection_match_numpy(act):
     """The exponential steps' compiled pieces on the numba backend, row by row against
     the NumPy code on a whole sliding set (neurons with none, one and several sliding
-    pairs): the equivalent controls of the Gauss-Newton linearisation
-    (``Linearization.theta``, the sliding-mode ``sigma'``) and the projection onto the
+    pairs): the activations (one compiled pass) and the equivalent controls of the
+    Gauss-Newton linearisation (``Linearization.theta``, the sliding-mode ``sigma'``),
+    with and without sliding pairs, and the projection onto the
     surfaces (every sliding pair's pre-activation 0 afterwards, the same state)."""
     pytest.importorskip("numba")
     from flowsolve.backends.numba_backend import NumbaBackend
     from flowsolve.models.two_layer_structure import make_linearize
 
     m, n, d = 40, 12, 3
+    from flowsolve.models.activations import LEAKY_SLOPE
+
     data = fs.datasets.smooth(n, d=d, seed=5)
-    model = fs.TwoLayer(m, fs.Scaling.from_gammas(0.75, 0.0, m), asi=False)
+    model = fs.TwoLayer(m, fs.Scaling.from_gammas(0.75, 0.0, m), activation=act, asi=False)
+    lo = LEAKY_SLOPE if act == "leaky_relu" else 0.0
     kernels = NumbaBackend().switching_kernels(model, data, np.float64)
     assert kernels is not None
     y = fs.Problem(model, data, seed=1).y0_host.copy()
@@ -579,6 +584,13 @@ def test_compiled_rows_of_controls_and_projection_match_numpy():
     assert np.count_nonzero(ref.theta) > M
     np.testing.assert_allclose(fast.theta, ref.theta, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(fast.ag, ref.ag, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(fast.h, ref.h)                 # the compiled pattern
+    assert (fast.h[S] == 0).all() and (fast.h > 0).sum() > M
+    np.testing.assert_allclose(fast.e, ref.e, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(fast.ag[~S.any(axis=1)], ref.ag[~S.any(axis=1)])
+    free = make_linearize(model, np, data, np.float64, kernels=kernels)(y)   # no S
+    np.testing.assert_array_equal(free.h, np.where(free.pre > 0, free.pre, lo * free.pre))
+    np.testing.assert_array_equal(free.ag, np.where(free.pre > 0, 1.0, lo) * y[:M, None])
     np.testing.assert_allclose(fast.gram(), ref.gram(), rtol=1e-10)
     sw_ref = model.make_switching(np, data, np.float64)
     sw_fast = model.make_switching(np, data, np.float64, kernels=kernels)

@@ -552,6 +552,38 @@ def integrate_neurons(a, W, S, R, h, substeps, X, XX, lo, ca_n, cw_n, nchunks):
 
 
 @njit(cache=True)
+def _pattern_range(pre, a, S, sliding, lo, h, ag, k0, k1):
+    n = pre.shape[1]
+    for k in range(k0, k1):
+        ak = a[k]
+        for i in range(n):
+            p = pre[k, i]
+            if p > 0:
+                h[k, i] = p
+                ag[k, i] = ak
+            else:
+                h[k, i] = lo * p
+                ag[k, i] = lo * ak
+            if sliding and S[k, i]:
+                h[k, i] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def relu_pattern(pre, a, S, sliding, lo, h, ag, nchunks):
+    """The ReLU-family activations of a linearisation in one pass over the (M, n) pairs:
+    ``h = sigma(pre)`` (0 on the sliding pairs ``S`` where ``sliding``) and ``ag = a_k
+    sigma'(pre)`` (1 above the surface, ``lo`` below; the caller overwrites the sliding
+    rows with the equivalent controls)."""
+    M = pre.shape[0]
+    if nchunks <= 1:
+        _pattern_range(pre, a, S, sliding, lo, h, ag, 0, M)
+        return
+    for c in prange(nchunks):
+        _pattern_range(pre, a, S, sliding, lo, h, ag, c * M // nchunks,
+                       (c + 1) * M // nchunks)
+
+
+@njit(cache=True)
 def _event_pair_range(pre0, pre1, rate, S, wn, xn, pairs, near, k0, k1):
     n = pre0.shape[1]
     for k in range(k0, k1):

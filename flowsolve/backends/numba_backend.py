@@ -494,6 +494,19 @@ class _TwoLayerKernels:
                                     float(lo), self.ca_n, self.cw_n, max(nc, 1))
         return a, W, S, float(cost)
 
+    def relu_pattern(self, pre, a, S, lo):
+        """``h = sigma(pre)`` (0 on the sliding pairs ``S``, or None) and ``a_k
+        sigma'(pre)`` (M, n) of a ReLU-family linearisation, one compiled pass (see
+        ``Linearization``)."""
+        M = pre.shape[0]
+        h = np.empty_like(pre)
+        ag = np.empty_like(pre)
+        sliding = S is not None
+        sw.relu_pattern(pre, np.ascontiguousarray(a, dtype=pre.dtype),
+                        S if sliding else np.zeros((1, 1), dtype=np.bool_), sliding, float(lo),
+                        h, ag, max(self.be._par(M * self.n, self.be.parallel_threshold), 1))
+        return h, ag
+
     def event_pairs(self, pre0, pre1, rate, S, wn, xn):
         """``Switching.event_pairs`` compiled (one pass instead of a dozen array
         operations over the (M, n) pairs); returns ``(pairs (M, n), near (M,))``."""

@@ -51,6 +51,10 @@ class _Consts:
         self.gram_cost = max(0.5, self.n / (2.0 * self.D))
         #: compiled controls of the sliding rows (a backend's ``controls_rows``), or None
         self.controls_rows = None
+        #: compiled ``(h, a sigma')`` of a ReLU-family linearisation (a backend's
+        #: ``relu_pattern``, with ``lo`` the slope below the surface), or None
+        self.relu_pattern = None
+        self.lo = None
 
 
 class Linearization:
@@ -77,21 +81,33 @@ class Linearization:
         if c.s != 1.0:
             pre *= c.s
         self.pre = pre
-        self.h = c.act.sigma(xp, pre)                           # (M, n)
-        g = c.act.dsigma(xp, pre)
         sliding = S is not None and bool(S.any())
-        if sliding:
-            self.h[S] = 0.0
-        self.e = c.cf * (self.a @ self.h) - c.Y
         self._theta_rows = None                                  # (rows, controls (r, n))
-        if sliding:
-            if c.controls_rows is not None:
-                self._theta_rows = _controls_on_rows(xp, g, S, self.e, c.XX, c.controls_rows)
-            else:
-                theta = controls(xp, g, S, self.e, c.XX)
+        if c.relu_pattern is not None:
+            # compiled ReLU family: h and a_k sigma' in one pass, then the rows with
+            # sliding pairs get their controls
+            self.h, self.ag = c.relu_pattern(pre, self.a, S if sliding else None, c.lo)
+            self.e = c.cf * (self.a @ self.h) - c.Y
+            if sliding:
                 rows = _rows_with_any(xp, S)
-                self._theta_rows = (rows, theta[rows])
-        self.ag = g * self.a[:, None]                           # (M, n): a_k sigma'_ki
+                G, th = c.controls_rows(c.act.dsigma(xp, pre[rows]), S[rows], self.e, c.XX)
+                self.ag[rows] = G * self.a[rows][:, None]
+                self._theta_rows = (rows, th)
+        else:
+            self.h = c.act.sigma(xp, pre)                       # (M, n)
+            g = c.act.dsigma(xp, pre)
+            if sliding:
+                self.h[S] = 0.0
+            self.e = c.cf * (self.a @ self.h) - c.Y
+            if sliding:
+                if c.controls_rows is not None:
+                    self._theta_rows = _controls_on_rows(xp, g, S, self.e, c.XX,
+                                                         c.controls_rows)
+                else:
+                    theta = controls(xp, g, S, self.e, c.XX)
+                    rows = _rows_with_any(xp, S)
+                    self._theta_rows = (rows, theta[rows])
+            self.ag = g * self.a[:, None]                       # (M, n): a_k sigma'_ki
         self.loss = float(self.e @ self.e) / (2.0 * c.n)
         self.mobility = c.mobility
 
@@ -162,9 +178,16 @@ def make_linearize(model, xp, data, dtype, kernels=None):
     ``lin.theta`` holds the controls); the function carries
     ``mobility`` (P,), ``gram_cost`` (RHS-equivalents of one Gram matrix) and ``n``.
     ``kernels``: a backend's switching kernels; their ``controls_rows``, if any, solves
-    the controls (compiled, as the sliding method's RHS does)."""
+    the controls (compiled, as the sliding method's RHS does), and for ReLU-family
+    activations their ``relu_pattern`` computes ``sigma`` and ``a sigma'`` in one pass."""
     consts = _Consts(model, xp, data, dtype)
     consts.controls_rows = getattr(kernels, "controls_rows", None)
+    name = model.activation.name
+    if consts.controls_rows is not None and name in ("relu", "leaky_relu") \
+            and hasattr(kernels, "relu_pattern"):
+        from .activations import LEAKY_SLOPE
+        consts.relu_pattern = kernels.relu_pattern
+        consts.lo = LEAKY_SLOPE if name == "leaky_relu" else 0.0
 
     def linearize(y, S=None):
         return Linearization(consts, y, S)
