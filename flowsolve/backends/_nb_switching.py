@@ -13,8 +13,11 @@ Compiled twins of the NumPy code in :class:`flowsolve.models.two_layer_structure
 
 Every neuron is independent given the residual, so the entry points loop over neurons
 serially or, with ``nchunks > 1``, ``prange`` over chunks of them. Per neuron the work is
-O(n D) per stage on arrays of n and D entries (scratch allocated once per chunk); for a
-neuron without sliding pairs an RK4 substep needs one O(n D) pass (:func:`_rk4_frozen`).
+O(n D) per stage on arrays of n and D entries (scratch allocated once per chunk); a
+neuron's velocity within a substep is linear in its parameters, so an RK4 substep needs
+one or two O(n D) passes (:func:`_rk4`). Also here: the exponential steps' event test
+(:func:`event_pairs`) and a linearisation's ReLU pattern (:func:`relu_pattern`), one
+pass over the (M, n) pairs each.
 
 Conventions as in the model: ``X`` (n, D) the augmented inputs ``x~_i``, ``XX = X X^T``,
 ``P`` the frozen ``sigma'`` pattern (1 above the surface, ``lo`` below), ``S`` the
