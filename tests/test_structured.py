@@ -591,6 +591,12 @@ def test_compiled_rows_of_controls_and_projection_match_numpy(act):
     free = make_linearize(model, np, data, np.float64, kernels=kernels)(y)   # no S
     np.testing.assert_array_equal(free.h, np.where(free.pre > 0, free.pre, lo * free.pre))
     np.testing.assert_array_equal(free.ag, np.where(free.pre > 0, 1.0, lo) * y[:M, None])
+    import numba                                                  # the chunked kernel too
+    par = NumbaBackend(parallel_threshold=1, threads=numba.config.NUMBA_NUM_THREADS)
+    threaded = make_linearize(model, np, data, np.float64,
+                              kernels=par.switching_kernels(model, data, np.float64))(y, S)
+    np.testing.assert_array_equal(threaded.h, fast.h)
+    np.testing.assert_array_equal(threaded.ag, fast.ag)
     np.testing.assert_allclose(fast.gram(), ref.gram(), rtol=1e-10)
     sw_ref = model.make_switching(np, data, np.float64)
     sw_fast = model.make_switching(np, data, np.float64, kernels=kernels)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .activations import LEAKY_SLOPE
+
 __all__ = ["Linearization", "StepResidual", "Switching", "controls", "dip_fraction",
            "make_linearize"]
 
@@ -38,9 +40,12 @@ class _Consts:
         self.Y = xp.asarray(data.y, dtype=dtype)                   # (n,)
         XX = self.Xt @ self.XtT
         self.XX = 0.5 * (XX + XX.T)    # (n, n), exactly symmetric: kernels read rows
+        self.xnorm = xp.sqrt(xp.diagonal(self.XX))                 # (n,) |x~_i|
         self.n, self.D, self.M = data.n, data.d + 1, model.n_neurons
         self.cf, self.ca, self.cw, self.s = model.coefficients()
         self.act = model.activation
+        #: the ReLU family's sigma' below the surface (None for other activations)
+        self.lo = {"relu": 0.0, "leaky_relu": LEAKY_SLOPE}.get(self.act.name)
         self.dtype = dtype
         M, D = self.M, self.D
         mob = xp.empty(M * (D + 1), dtype=dtype)
@@ -52,9 +57,8 @@ class _Consts:
         #: compiled controls of the sliding rows (a backend's ``controls_rows``), or None
         self.controls_rows = None
         #: compiled ``(h, a sigma')`` of a ReLU-family linearisation (a backend's
-        #: ``relu_pattern``, with ``lo`` the slope below the surface), or None
+        #: ``relu_pattern``), or None
         self.relu_pattern = None
-        self.lo = None
 
 
 class Linearization:
@@ -82,6 +86,7 @@ class Linearization:
             pre *= c.s
         self.pre = pre
         sliding = S is not None and bool(S.any())
+        self.S = S if sliding else None
         self._theta_rows = None                                  # (rows, controls (r, n))
         if c.relu_pattern is not None:
             # compiled ReLU family: h and a_k sigma' in one pass, then the rows with
@@ -122,13 +127,15 @@ class Linearization:
         theta[rows] = th
         return theta
 
-    def controls_left(self, S, lo):
-        """Neurons (bool (M,)) with a sliding pair in ``S`` whose equivalent control is
-        outside ``[lo, 1]`` (beyond 1e-12): their pairs are released."""
+    def controls_left(self):
+        """Neurons (bool (M,)) with a sliding pair whose equivalent control is outside
+        ``[lo, 1]`` (beyond 1e-12; ``lo`` the slope below the surface): their pairs are
+        released."""
         out = self.c.xp.zeros(self.c.M, dtype=bool)
         if self._theta_rows is not None:
             rows, th = self._theta_rows
-            out[rows] = (S[rows] & ((th < lo - 1e-12) | (th > 1.0 + 1e-12))).any(axis=1)
+            lo = self.c.lo
+            out[rows] = (self.S[rows] & ((th < lo - 1e-12) | (th > 1.0 + 1e-12))).any(axis=1)
         return out
 
     def jv(self, v):
@@ -182,12 +189,8 @@ def make_linearize(model, xp, data, dtype, kernels=None):
     activations their ``relu_pattern`` computes ``sigma`` and ``a sigma'`` in one pass."""
     consts = _Consts(model, xp, data, dtype)
     consts.controls_rows = getattr(kernels, "controls_rows", None)
-    name = model.activation.name
-    if consts.controls_rows is not None and name in ("relu", "leaky_relu") \
-            and hasattr(kernels, "relu_pattern"):
-        from .activations import LEAKY_SLOPE
-        consts.relu_pattern = kernels.relu_pattern
-        consts.lo = LEAKY_SLOPE if name == "leaky_relu" else 0.0
+    if consts.controls_rows is not None and consts.lo is not None:
+        consts.relu_pattern = getattr(kernels, "relu_pattern", None)
 
     def linearize(y, S=None):
         return Linearization(consts, y, S)
@@ -436,10 +439,9 @@ class Switching:
         self.plain = kernels if kernels is not None else plain_rhs
         c = self.c = _Consts(model, xp, data, dtype)
         name = model.activation.name
-        if name not in ("relu", "leaky_relu"):
+        if c.lo is None:
             raise ValueError(f"switching structure needs a ReLU-family activation, got {name!r}")
-        from .activations import LEAKY_SLOPE
-        self.lo = LEAKY_SLOPE if name == "leaky_relu" else 0.0
+        self.lo = c.lo
         self._no_rows = xp.zeros((0, c.n), dtype=dtype)
         self._theta_rows = xp.zeros(0, dtype=xp.intp)
         self.last_row_theta = self._no_rows
@@ -645,7 +647,7 @@ class Switching:
             Neurons with a pair outside ``S`` ending on its surface to rounding
             (``|pre1| <= 1e-10 wn_k |x~_i|``).
         """
-        xn = self._xnorm()
+        xn = self.c.xnorm
         if self.kernels is not None:
             return self.kernels.event_pairs(pre0, pre1, rate, S, wn, xn)
         xp = self.c.xp
@@ -653,12 +655,6 @@ class Switching:
         pairs = ~S & ((up != (pre1 > 0)) | (up != (pre0 + rate > 0)))
         near = (~S & (xp.abs(pre1) <= (1e-10 * wn)[:, None] * xn[None, :])).any(axis=1)
         return pairs, near
-
-    def _xnorm(self):
-        """``|x~_i|`` (n,)."""
-        if getattr(self, "_xn", None) is None:
-            self._xn = self.c.xp.sqrt(self.c.xp.diagonal(self.c.XX))
-        return self._xn
 
     def significant(self, pairs, y, e, h, rtol, atol):
         """Neurons (bool (M,)) with a crossing pair in ``pairs`` whose kink matters at the
@@ -675,7 +671,7 @@ class Switching:
         if rows.size == 0:
             return out
         jump = (c.cw / c.n) * xp.abs(y[:M][rows])[:, None] * xp.abs(e)[None, :] \
-            * xp.sqrt(xp.diagonal(c.XX))[None, :]
+            * c.xnorm[None, :]
         wmax = xp.abs(y[M:].reshape(M, D)[rows]).max(axis=1)
         scale = atol + rtol * wmax
         out[rows] = (sub & (h * jump > 0.1 * scale[:, None])).any(axis=1)

@@ -360,7 +360,7 @@ class ExpGNStepper:
                                      c.s * xp.sqrt((w1 * w1).sum(axis=1)))
         self.aux_work += 0.5
         ev = sw.significant(compact(xp, pairs), y1, lin1.e, h, self.rtol, self.atol) | near
-        ev |= lin1.controls_left(S, sw.lo)
+        ev |= lin1.controls_left()
         rows = xp.nonzero(ev)[0]
         if rows.size == 0:
             return None, S, 0
