@@ -41,7 +41,8 @@ Usage (one thread each; two runs at a time on this 2-core machine)::
     ``SPAN`` time units, one after another in one process, and is compared with
     ``sliding`` at ``--ref-tol`` over the same window (kept in ``DIR`` and reused).
     It separates the local cost of accuracy from the grazing decisions that set the
-    errors at T*.
+    errors at T*. ``--backend cupy`` runs them on a GPU (the cached reference is reused
+    whichever backend made it).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def _run_kw(method, tol):
 
 
 def window(args):
-    prob, dt_start, t_start = late_start(args)
+    prob, dt_start, t_start = late_start(args, args.backend)
     specs = []
     for spec in args.runs:
         method, _, tol = spec.partition(":")
@@ -198,8 +199,8 @@ def window(args):
         save_npz(path, y=ref)
         print(f"# reference sliding {args.ref_tol:g}: {sol.stats.steps} steps, "
               f"{sol.stats.nfev + sol.stats.njev} RHS-eq, {time.perf_counter() - t0:.1f} s")
-    print(f"# digits m = {args.width}, gamma = {args.gamma}: from GD dt = {dt_start:g} at "
-          f"t = {t_start:g}, {args.span:g} time units; distances to sliding at "
+    print(f"# digits m = {args.width}, gamma = {args.gamma}, {args.backend}: from GD dt = "
+          f"{dt_start:g} at t = {t_start:g}, {args.span:g} time units; distances to sliding at "
           f"{args.ref_tol:g} (max, median neuron, outputs)")
     print(f"{'run':>14} {'steps':>6} {'RHS-eq':>7} {'wall s':>7} {'events/step':>11} "
           f"{'max':>9} {'neuron':>9} {'output':>9}")
@@ -273,6 +274,7 @@ def main(argv=None):
     w.add_argument("runs", nargs="+", help="METHOD:TOL, e.g. sliding:1e-7 gd:0.0625")
     w.add_argument("--at", type=float, default=10000.0)
     w.add_argument("--ref-tol", type=float, default=1e-10)
+    w.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"])
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     {"run": run, "report": report, "cost": cost, "window": window}[args.cmd](args)

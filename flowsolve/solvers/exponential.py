@@ -44,6 +44,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..models.two_layer_structure import StepResidual, compact
 from .rk import StepFailure, pi_factor
+from .status import Status
 
 __all__ = ["ExpGNStepper", "ExpTableau", "EXP_TABLEAUS", "phi_functions"]
 
@@ -191,7 +192,7 @@ class ExpGNStepper:
         self.xp = backend.xp
         self.rtol, self.atol = float(rtol), float(atol)
         self.error_ref = error_ref
-        self.Status = status_enum
+        self.Status = status_enum or Status
         self.safety, self.max_factor = safety, max_factor
         self.n = linearize.n
         self.nfev = 0
@@ -224,12 +225,14 @@ class ExpGNStepper:
         return out
 
     # -- linear algebra in the n-dimensional residual space -------------------------------
-    def _set_point(self, y):
-        lin = self.linearize(y) if self.sw is None else self.linearize(y, self.S)
+    def _set_point(self, y, lin=None):
+        if lin is None:                          # else made (and counted) by the caller
+            lin = self.linearize(y) if self.sw is None else self.linearize(y, self.S)
+            self.njev_f += 0.5
         K = self.be.to_numpy(lin.gram()) / self.n
         lam, V = np.linalg.eigh(0.5 * (K + K.T))
         lam = np.maximum(lam, 0.0)
-        self.njev_f += 0.5 + self.linearize.gram_cost
+        self.njev_f += self.linearize.gram_cost
         self.nfact += 1
         self.cur = (lin, lam, V, None if self.sw is None else self.S)
 
@@ -367,7 +370,7 @@ class ExpGNStepper:
         if self._substeps(h) > self.max_substeps:
             return "too long", S, rows.size
         e0, r0 = self._jd
-        e1 = lin1.e
+        e1 = self._e1 = lin1.e
         r1 = lin1.jv(lin1.cjt(-e1 / self.n))          # de/dt = J f at y1: two products,
         self.aux_work += 0.5 + 1.0                    # cheaper than the Gram matrix (n > D)
         e_of = StepResidual(xp, e0, r0, e1, r1, h, modes=(self._V, self._lam))
@@ -382,6 +385,21 @@ class ExpGNStepper:
         keep[rows] = False
         keep[M:].reshape(M, D)[rows] = False
         return keep, S_new, rows.size
+
+    def _consistency(self, y1, S1, h):
+        """The error the event re-integration leaves in a step ``h`` that ended at ``y1``
+        (sliding pairs ``S1``): the neurons were integrated against the residual model
+        ``e(tau)`` (:class:`StepResidual`), which ends at the base step's residual
+        ``e1``, not at the re-integrated state's own ``e(y1)``. Their mismatch ``de``,
+        grown from 0 over the step, moves every neuron's velocity by ``-C J^T de / n``:
+        returns ``(lin, (h / 2) C J^T de / n)``, ``lin`` the linearisation at ``y1``
+        (the next step's point when the step is accepted).
+
+        Without it a step in which every neuron is an event neuron had no error estimate
+        at all (docs/nonsmooth.md)."""
+        lin = self.linearize(y1, S1)
+        self.njev_f += 0.5 + 0.5
+        return lin, lin.cjt((0.5 * h / self.n) * (lin.e - self._e1))
 
     def _substeps(self, h):
         """RK4 substeps of the event re-integration over a step ``h``: ``substeps`` per
@@ -399,7 +417,10 @@ class ExpGNStepper:
             self.njev_f += 0.5
         return self._f_at
 
-    def _norm(self, y, y1, err, keep=None):
+    def _norm(self, y, y1, err, keep=None, extra=None):
+        """Scaled RMS norm of the error over all components: ``err`` where ``keep``
+        (the components left to the base step), plus ``extra`` everywhere (the event
+        re-integration's, :meth:`_consistency`)."""
         xp = self.xp
         ref = self.error_ref
         if ref is None:
@@ -407,12 +428,12 @@ class ExpGNStepper:
         else:
             scale = xp.maximum(xp.abs(y - ref), xp.abs(y1 - ref))
         scale = self.atol + self.rtol * scale
-        r = err / scale
+        r2 = (err / scale) ** 2
         if keep is not None:
-            r = r[keep]
-            if r.size == 0:
-                return 0.0
-        return float(xp.sqrt(xp.mean(r ** 2)))
+            r2[~keep] = 0.0
+        if extra is not None:
+            r2 += (extra / scale) ** 2
+        return float(xp.sqrt(xp.mean(r2)))
 
     # -- one accepted step --------------------------------------------------------------
     def step(self, t_stop: float = math.inf, h_min_rel: float = 1e-14):
@@ -443,8 +464,12 @@ class ExpGNStepper:
                 why = (f"the event re-integration needs more than {self.max_substeps} "
                        f"substeps: lambda_max(K/n) = {lmax:.3g}")
             else:
-                err = (self._norm(self.y, y1, err_vec, keep) if self.be.all_finite(y1)
-                       else math.nan)
+                err, lin_end = math.nan, None
+                if self.be.all_finite(y1):
+                    extra = None
+                    if nev:                        # re-integrated neurons: their residual
+                        lin_end, extra = self._consistency(y1, S_new, h)
+                    err = self._norm(self.y, y1, err_vec, keep, extra)
                 if math.isfinite(err) and err <= 1.0:
                     fac = pi_factor(err, self.err_prev, k, self.safety, 0.2, self.max_factor,
                                     rejected_once)
@@ -468,7 +493,7 @@ class ExpGNStepper:
         if self.sw is not None:
             self.S_old, self.S = self.S, S_new
             self.events += nev
-        self._set_point(self.y)
+        self._set_point(self.y, lin_end)
         self.t_old, self.t = self.t, self.t + h
         self.loss_old, self.loss = self.loss, self.cur[0].loss
         if not math.isfinite(self.loss):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from .status import Status
 from .tableaus import Tableau
 
 __all__ = ["RKStepper", "StepFailure"]
@@ -90,7 +91,7 @@ class RKStepper:
         self.error_ref = error_ref
         self.safety, self.min_factor, self.max_factor = safety, min_factor, max_factor
         self.pi_beta = None if pi_beta is None else float(pi_beta)
-        self.Status = status_enum
+        self.Status = status_enum or Status
         s, N = tableau.stages, y0.shape[0]
         self.K = backend.empty((s + 1, N), y0.dtype)
         self.y = y0.copy()
