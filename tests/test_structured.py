@@ -921,3 +921,28 @@ def test_exponential_step_with_every_neuron_an_event_is_error_controlled():
     assert sol.status.ok, sol.status
     assert sol.stats.rejected >= 1
     assert np.abs(sol.y_final - ref.y_final).max() < 0.05          # |y| ~ 51; 8e-3 here
+
+
+def test_consistency_bound_holds_and_is_attained():
+    """The bound that lets ``ExpGNStepper._consistency`` skip its product:
+    ``|C J^T u|^2 <= c_max n lam_max |u|^2`` with ``lam_max`` the largest eigenvalue of
+    ``J C J^T / n``, for random ``u`` at a state with sliding pairs; attained up to
+    ``c_min / c_max`` by the top eigenvector (a loose bound would skip nothing)."""
+    from flowsolve.solvers.auto import build_structured
+
+    m = 200
+    prob = fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(1.0, 0.0, m), asi=True),
+                      fs.datasets.four_points(), seed=3)
+    st = build_structured("expgn2", prob, rtol=1e-6, atol=1e-6)
+    while st.S.sum() < 4:                        # a state with sliding pairs (~20 steps)
+        st.step()
+    lin, lam, V = st.cur[:3]
+    C = np.asarray(st.linearize.mobility)
+    n = st.n
+    K = lin.dense() @ (C[:, None] * lin.dense().T) / n
+    np.testing.assert_allclose(np.linalg.eigvalsh(K)[-1], lam[-1], rtol=1e-10)
+    rng = np.random.default_rng(0)
+    for u in list(rng.standard_normal((20, n))) + [V[:, -1]]:
+        lhs = np.sum(lin.cjt(u) ** 2)
+        assert lhs <= st._mob_max * n * lam[-1] * np.sum(u ** 2) * (1 + 1e-12)
+    assert lhs >= C.min() / C.max() * st._mob_max * n * lam[-1] * (1 - 1e-12)
