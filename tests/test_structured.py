@@ -795,9 +795,7 @@ def test_expgn2_long_steps_follow_a_neuron_that_crosses_back():
     rtol 1e-5); with the excursion test and the modal residual the error is ~1e-3,
     against a tight sliding solution."""
     m = 10_000
-    prob = fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(0.5, 0.0, m), asi=True),
-                      fs.datasets.four_points(), seed=0,
-                      backend="numba" if _has_numba() else "numpy")
+    prob = _four_points_compiled(m, 0.5)
     T = 20.0
     ref = fs.solve(prob, "sliding", rtol=1e-9, atol=1e-9, t_end=T, save_at=[0.0],
                    progress=False)
@@ -846,9 +844,7 @@ def test_exponential_steps_shorten_when_the_event_reintegration_is_too_long(monk
     from flowsolve.solvers.exponential import ExpGNStepper
 
     m = 1000
-    prob = fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(0.5, 0.0, m), asi=True),
-                      fs.datasets.four_points(), seed=0,
-                      backend="numba" if _has_numba() else "numpy")
+    prob = _four_points_compiled(m, 0.5)
     T = 60.0
     ref = fs.solve(prob, "sliding", rtol=1e-10, atol=1e-10, t_end=T, progress=False)
     free = fs.solve(prob, "expgn3", rtol=1e-6, atol=1e-6, t_end=T, progress=False)
@@ -859,6 +855,14 @@ def test_exponential_steps_shorten_when_the_event_reintegration_is_too_long(monk
     assert capped.stats.steps > free.stats.steps
     for sol in (free, capped):
         assert np.abs(sol.y_final - ref.y_final).max() < 1e-4
+
+
+def _four_points_compiled(m, gamma):
+    """Four points, ASI ReLU of width ``m`` at ``gamma`` (gamma' = 0), seed 0, on numba
+    where it is installed."""
+    return fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(gamma, 0.0, m), asi=True),
+                      fs.datasets.four_points(), seed=0,
+                      backend="numba" if _has_numba() else "numpy")
 
 
 def _has_numba():
@@ -911,9 +915,7 @@ def test_exponential_step_with_every_neuron_an_event_is_error_controlled():
     residual model's mismatch at the step's end, ``ExpGNStepper._consistency``) rejects
     it, and the solve follows a tight sliding solution."""
     m = 1000
-    prob = fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(2.0, 0.0, m), asi=True),
-                      fs.datasets.four_points(), seed=0,
-                      backend="numba" if _has_numba() else "numpy")
+    prob = _four_points_compiled(m, 2.0)
     T = 3e8
     ref = fs.solve(prob, "sliding", rtol=1e-8, atol=1e-8, t_end=T, progress=False)
     sol = fs.solve(prob, "expgn2", rtol=1e-4, atol=1e-4, t_end=T, save_at=[0.0],
