@@ -911,7 +911,7 @@ def test_exponential_step_with_every_neuron_an_event_is_error_controlled():
     the initial heuristic proposes is h ~ 2.8e8, over which every neuron meets a
     surface. With all neurons re-integrated no component was left to the base step's
     error estimate: the step was accepted with error 0 and ended at |y| ~ 1e14, and the
-    solve failed (docs/benchmarks.md, session 19). The re-integration's own estimate (the
+    solve failed (docs/benchmarks.md, session 18). The re-integration's own estimate (the
     residual model's mismatch at the step's end, ``ExpGNStepper._consistency``) rejects
     it, and the solve follows a tight sliding solution."""
     m = 1000
