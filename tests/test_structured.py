@@ -936,8 +936,11 @@ def test_consistency_bound_holds_and_is_attained():
     prob = fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(1.0, 0.0, m), asi=True),
                       fs.datasets.four_points(), seed=3)
     st = build_structured("expgn2", prob, rtol=1e-6, atol=1e-6)
-    while st.S.sum() < 4:                        # a state with sliding pairs (~20 steps)
+    for _ in range(200):                         # a state with sliding pairs (~20 steps)
+        if st.S.sum() >= 4:
+            break
         st.step()
+    assert st.S.sum() >= 4
     lin, lam, V = st.cur[:3]
     C = np.asarray(st.linearize.mobility)
     n = st.n

@@ -396,11 +396,14 @@ class ExpGNStepper:
         grown from 0 over the step, moves every neuron's velocity by ``-C J^T de / n``:
         returns ``(lin, (h / 2) C J^T de / n)``, ``lin`` the linearisation at ``y1``
         (the next step's point when the step is accepted), or ``(lin, None)`` when a
-        bound shows the estimate's norm below 0.1: ``|C J^T u|^2 <= c_max u^T J C J^T u
+        bound puts the estimate's norm below 0.1: ``|C J^T u|^2 <= c_max u^T J C J^T u
         <= c_max n lam_max |u|^2`` (``c_max`` the largest entry of the diagonal mobility
-        ``C``, ``lam_max`` the step start's largest eigenvalue of ``J C J^T / n``) and every
-        scale is at least ``atol``. That skips the product in
-        most steps with events (the mismatch is small where the event neurons are light).
+        ``C``, ``lam_max`` the largest eigenvalue of ``J C J^T / n``) and every scale is
+        at least ``atol``. ``lam_max`` is the step start's, not the end's (the end's Gram
+        matrix is made only once the step is accepted), so the bound is approximate by
+        the change of ``lam_max`` over one step; at 0.1 its share of the squared norm is
+        1e-2. That skips the product in most steps with events (the mismatch is small
+        where the event neurons are light).
 
         Without it a step in which every neuron is an event neuron had no error estimate
         at all (docs/nonsmooth.md)."""
