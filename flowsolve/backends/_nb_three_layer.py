@@ -26,7 +26,7 @@ _FM = {"reassoc", "nsz", "contract"}
 _KERNELS = {}
 
 
-@njit(inline="always")
+@njit(fastmath=_FM)
 def _layer1(pre1, s1, H, m1, code):
     """``pre1`` (M1, n) -> ``H[c, :m1]`` = sigma, ``pre1`` <- sigma' (in place)."""
     M1, n = pre1.shape
@@ -39,7 +39,7 @@ def _layer1(pre1, s1, H, m1, code):
             hrow[i] = h
             row[i] = g
 
-@njit(inline="always")
+@njit(fastmath=_FM)
 def _layer2(U2, s2, a, H2, f, code):
     """``H2 = sigma(s2 U2)``, ``f += H2^T a``, ``U2 <- sigma'(s2 U2)``."""
     M2, n = U2.shape
@@ -53,7 +53,7 @@ def _layer2(U2, s2, a, H2, f, code):
             f[i] += ak * h
             row[i] = g
 
-@njit(inline="always")
+@njit(fastmath=_FM)
 def _delta(U2, H2, a, e, cfq, g3, o3):
     """``o3 = g3 H2 e``; ``U2 <- cfq a_k U2 e`` (in place)."""
     M2, n = U2.shape
@@ -67,7 +67,7 @@ def _delta(U2, H2, a, e, cfq, g3, o3):
             row[i] = ck * row[i] * e[i]
         o3[k] = g3 * acc
 
-@njit(inline="always")
+@njit(fastmath=_FM)
 def _back(G, pre1, r, c, m1):
     """``pre1[c m1 + k, i] *= r G[i, k]`` for the copy ``c`` (G: (n, m1 + 1))."""
     n = G.shape[0]

@@ -55,7 +55,7 @@ def _preact(wT, xs, i, bs, D, pre):
             pre[k] += wj[k] * xj
 
 
-@njit(inline="always")
+@njit(fastmath=_FM)
 def _fwd_chunk(a, w, xs, code, f):
     """Add ``sum_k a_k sigma(xs_i . w_k)`` over this chunk's neurons to ``f`` (n,)."""
     n, D = xs.shape
@@ -75,7 +75,7 @@ def _fwd_chunk(a, w, xs, code, f):
 
 
 # -- d = 1: four samples per sweep ----------------------------------------------------
-@njit(inline="always")
+@njit
 def _pack4(v):
     """(n, 2) -> (ceil(n/4), 8): rows of four samples' (v_i0, v_i1), zero-padded."""
     n = v.shape[0]
@@ -87,7 +87,7 @@ def _pack4(v):
     return out
 
 
-@njit(inline="always")
+@njit(fastmath=_FM)
 def _fwd4_chunk(a, w, X, code, f):
     """As :func:`_fwd_chunk` for D = 2, four samples per sweep (``X`` from :func:`_pack4`,
     ``f`` of length ``4 * X.shape[0]``)."""
@@ -116,7 +116,7 @@ def _fwd4_chunk(a, w, X, code, f):
             f[4 * gi + 3] += s3
 
 
-@njit(inline="always")
+@njit(fastmath=_FM)
 def _bwd4_chunk(a, w, X, T, E, code, ca_n, cw_n, out_a, out_w):
     """As :func:`_bwd_chunk` for D = 2, four samples per sweep (``X``, ``T`` from
     :func:`_pack4`; ``E`` (G, 4) the errors, zero on padded samples)."""
@@ -158,7 +158,7 @@ def _bwd4_chunk(a, w, X, T, E, code, ca_n, cw_n, out_a, out_w):
             owb[2 * k + 1] = ck * q1[k]
 
 
-@njit(inline="always")
+@njit
 def _errors4(r, G, dtype_like):
     """The errors ``r`` (n,) as a zero-padded (G, 4) array of ``dtype_like``'s dtype
     (``G = ceil(n / 4)``: no bounds checks here)."""
@@ -168,7 +168,7 @@ def _errors4(r, G, dtype_like):
     return E
 
 
-@njit(inline="always")
+@njit(fastmath=_FM)
 def _bwd_chunk(a, w, xs, xt, e, code, ca_n, cw_n, out_a, out_w):
     """This chunk's ``dy/dt``: ``out_a = ca_n sigma(pre) e`` and
     ``out_w = cw_n a sigma'(pre) e xt``."""
@@ -211,7 +211,7 @@ def _bounds(c, nchunks, M):
 
 
 # -- BLAS path: elementwise work fused around the matrix products ---------------------
-@njit(inline="always")
+@njit(fastmath=_FM)
 def _rows_fwd(pre, a, f, code):
     bs, n = pre.shape
     for k in range(bs):
@@ -221,7 +221,7 @@ def _rows_fwd(pre, a, f, code):
             f[i] += ak * sd(row[i], code)[0]
 
 
-@njit(inline="always")
+@njit(fastmath=_FM)
 def _rows_bwd(pre, a, e, ca_n, cw_n, out_a, code):
     bs, n = pre.shape
     for k in range(bs):
@@ -537,7 +537,7 @@ def step_ends_blas(a0, W0, fa0, FW0, a1, W1, fa1, FW1, XT, flag, sk, si, lo, SB,
 
 
 # -- the network output, shared by the forward and RHS entry points -------------------
-@njit(inline="always")
+@njit(fastmath=_FM)
 def _forward_serial(y, M, xs, code):
     n, D = xs.shape
     if D == 2:
