@@ -835,6 +835,37 @@ def test_exponential_step_flags_an_arrival_at_an_attractive_surface(name):
     assert np.abs(y1 - y_ref).max() < 2e-3
 
 
+def test_exponential_step_failing_on_its_base_error_skips_the_event_reintegration():
+    """A step whose base error over the components left to it already exceeds 1 fails
+    whatever the event re-integration gives (its estimate only adds to the norm), so the
+    event neurons are not re-integrated for it. From a first step of 20 (the step taken is
+    ~0.07) the rejected attempts used to re-integrate 93 event neurons (58
+    RHS-equivalents, 16x the accepted step's work); now only the accepted step does.
+    The trace records each accepted step's rejections and event neurons."""
+    from flowsolve.solvers.auto import build_structured
+
+    prob = _four_points_compiled(1000, 0.5)
+    st = build_structured("expgn2", prob, rtol=1e-8, atol=1e-8, first_step=20.0)
+    calls = []
+    real = st.sw.integrate_neurons
+
+    def counted(a, *args, **kw):
+        calls.append(a.shape[0])
+        return real(a, *args, **kw)
+
+    st.sw.integrate_neurons = counted
+    st.trace = []
+    for _ in range(20):
+        st.step(60.0)
+    t, h, rej, nev, err_base, err, lmax, n_sliding = np.array(st.trace).T
+    assert len(st.trace) == st.steps == 20 and rej.sum() == st.rejected
+    assert rej[0] >= 1 and h[0] < 1.0                       # the first step was rejected
+    assert calls == [int(k) for k in nev if k > 0]         # only accepted steps re-integrate
+    assert np.all(err <= 1.0) and np.all(err_base <= err + 1e-12)
+    assert np.allclose(t, np.cumsum(h)) and np.all(lmax > 0)
+    assert st.aux_work < 20.0
+
+
 def test_exponential_steps_shorten_when_the_event_reintegration_is_too_long(monkeypatch):
     """An event re-integration takes ``substeps`` RK4 substeps per ``1/lambda_max`` of
     the step. Past ``max_substeps`` the attempt is rejected and shortened (it used to

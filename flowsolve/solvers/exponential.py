@@ -163,6 +163,17 @@ class ExpGNStepper:
         Scale errors by ``|y - error_ref|`` (displacement control) instead of ``|y|``.
     tableau : str or ExpTableau
         The method (a key of :data:`EXP_TABLEAUS`, default ``"expgn2"``).
+
+    Attributes
+    ----------
+    trace : list or None
+        Set it to a list to record what limits the steps: each accepted step appends
+        ``(t, h, rejected, event_neurons, err_base, err, lam_max, sliding_pairs)``:
+        its end time and size, the attempts rejected before it, the neurons its events
+        re-integrated, the scaled error norm of the base step alone (the components
+        left to it) and the norm the controller took (with the event re-integration's
+        estimate, :meth:`_consistency`), the largest eigenvalue of ``K/n`` at its start,
+        and the sliding pairs at its end. ``None`` (default): nothing recorded.
     """
 
     #: the most RK4 substeps one event re-integration may take (``substeps`` per
@@ -213,6 +224,7 @@ class ExpGNStepper:
         self.loss = self.loss_old = self.cur[0].loss
         self.err_prev = 1.0
         self.h = float(dt) if dt is not None else self._initial_step()
+        self.trace = None
 
     @property
     def njev(self) -> int:
@@ -339,12 +351,16 @@ class ExpGNStepper:
         self._V, self._lam = V, lam                     # the linear modes of the step
         return err
 
-    def _events(self, y, h, y1, S):
+    def _events(self, y, h, y1, S, err_vec=None):
         """Re-integrate the neurons with switching events (or sliding pairs) in the step
         ``y -> y1`` through their events (see :mod:`.sliding`); returns
         ``(keep, S_new, rows)``, ``keep`` the mask of components left to the error norm,
-        or the string ``"too long"`` when the re-integration would need more than
-        :attr:`max_substeps` substeps (``y1`` untouched)."""
+        or, with ``y1`` untouched, the string ``"too long"`` when the re-integration would
+        need more than :attr:`max_substeps` substeps, or ``"base error"`` when the base
+        step's error over the components left to it (``err_vec``; not checked when
+        ``None``) already exceeds 1: the step fails whatever the re-integration gives (it
+        only adds to the norm), so it is not made (``self._err_base`` holds that norm for
+        the controller)."""
         sw, xp = self.sw, self.xp
         c = sw.c
         M, D = c.M, c.D
@@ -371,6 +387,13 @@ class ExpGNStepper:
             return None, S, 0
         if self._substeps(h) > self.max_substeps:
             return "too long", S, rows.size
+        keep = xp.ones(y.shape[0], dtype=bool)
+        keep[rows] = False
+        keep[M:].reshape(M, D)[rows] = False
+        if err_vec is not None:
+            self._err_base = self._norm(y, y1, err_vec, keep)
+            if not self._err_base <= 1.0:
+                return "base error", S, rows.size
         e0, r0 = self._jd
         e1 = self._e1 = lin1.e
         r1 = lin1.jv(lin1.cjt(-e1 / self.n))          # de/dt = J f at y1: two products,
@@ -383,9 +406,6 @@ class ExpGNStepper:
         y1[M:].reshape(M, D)[rows] = w1
         S_new = S.copy()
         S_new[rows] = S1
-        keep = xp.ones(y.shape[0], dtype=bool)
-        keep[rows] = False
-        keep[M:].reshape(M, D)[rows] = False
         return keep, S_new, rows.size
 
     def _consistency(self, y1, S1, h):
@@ -457,6 +477,7 @@ class ExpGNStepper:
         """Advance to the next accepted state, never past ``t_stop``."""
         S = self.Status
         rejected_once = False
+        self._rejected_before = self.rejected
         y1 = self.be.empty(self.y.shape, self.y.dtype)
         k = self.error_order + 1
         while True:
@@ -468,9 +489,9 @@ class ExpGNStepper:
             keep, S_new, nev = None, None, 0
             too_long = False
             if self.sw is not None and self.be.all_finite(y1):
-                keep, S_new, nev = self._events(self.y, h, y1, self.S)
-                too_long = isinstance(keep, str)
-                if not too_long and S_new.any():
+                keep, S_new, nev = self._events(self.y, h, y1, self.S, err_vec)
+                too_long = isinstance(keep, str) and keep == "too long"
+                if not isinstance(keep, str) and S_new.any():
                     self.sw.project(y1, S_new)      # sliding neurons back onto their surfaces
             if too_long:
                 # the events cannot be re-integrated at this length: shorten it to what
@@ -482,11 +503,16 @@ class ExpGNStepper:
                        f"substeps: lambda_max(K/n) = {lmax:.3g}")
             else:
                 err, lin_end = math.nan, None
-                if self.be.all_finite(y1):
+                if isinstance(keep, str):          # "base error": failed before the events
+                    err = self._err_base
+                elif self.be.all_finite(y1):
                     extra = None
                     if nev:                        # re-integrated neurons: their residual
                         lin_end, extra = self._consistency(y1, S_new, h)
                     err = self._norm(self.y, y1, err_vec, keep, extra)
+                    if self.trace is not None:
+                        err_base = (self._norm(self.y, y1, err_vec, keep) if extra is not None
+                                    else err)
                 if math.isfinite(err) and err <= 1.0:
                     fac = pi_factor(err, self.err_prev, k, self.safety, 0.2, self.max_factor,
                                     rejected_once)
@@ -505,6 +531,11 @@ class ExpGNStepper:
             if self.h <= h_min_rel * max(abs(self.t), 1e-300):
                 raise StepFailure(kind, f"step size underflow: h = {self.h:.3g} at "
                                         f"t = {self.t:.6g} ({why})")
+        if self.trace is not None:
+            lmax = float(self.cur[1][-1]) if self.cur[1].size else 0.0
+            n_rej = self.rejected - self._rejected_before
+            self.trace.append((self.t + h, h, n_rej, nev, err_base, err, lmax,
+                               int(S_new.sum()) if self.sw is not None else 0))
         self.y_old, self.y = self.y, y1
         self.old = self.cur
         if self.sw is not None:
