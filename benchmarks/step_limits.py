@@ -7,7 +7,10 @@ prints per time bin: accepted steps and rejections, the median step ``h`` and
 step, the median scaled error of the base step alone and with the event re-integration's
 estimate (the controller's), the sliding pairs, the milliseconds per step, and the
 time units per second against gradient descent at ``--gd-dt`` (its ms per step measured
-in the same process). ``--start FILE --at T`` starts instead from the snapshot nearest
+in the same process); then, at the run's first and last state, the largest rate of the
+residual-weighted curvature that the Gauss-Newton split leaves out (for ReLU it couples
+each neuron's ``a_k`` and ``w_k``: ``mu_k = c_f sqrt(c_a c_w s) |sum_i sigma'_ik e_i
+x~_i| / n``) beside ``lambda_max``. ``--start FILE --at T`` starts instead from the snapshot nearest
 ``T`` of a ``benchmarks/digits_tstar.py run`` file (``snap_t``, ``snap_y``); the times
 printed are then from that start.
 
@@ -27,6 +30,16 @@ import numpy as np
 
 import flowsolve as fs
 from flowsolve.solvers.auto import build_structured
+
+
+def curvature_rate(lin):
+    """``max_k mu_k`` at the linearisation ``lin`` (ReLU family: ``sigma'`` from
+    ``a sigma'`` where ``a != 0``)."""
+    c = lin.c
+    a = c.xp.asarray(lin.a)[:, None]
+    g = np.divide(lin.ag, a, out=np.zeros_like(lin.ag), where=a != 0)
+    v = (g * lin.e[None, :]) @ c.Xt / c.n
+    return float(abs(c.cf) * np.sqrt(abs(c.ca * c.cw * c.s)) * np.linalg.norm(v, axis=1).max())
 
 
 def main(argv=None):
@@ -59,6 +72,7 @@ def main(argv=None):
 
     st = build_structured(args.method, prob, rtol=args.tol, atol=args.tol, t_end=args.t_end)
     st.trace = []
+    mu_start, lam_start = curvature_rate(st.cur[0]), float(st.cur[1][-1])
     walls = []
     t0 = time.perf_counter()
     while st.t < args.t_end:
@@ -89,6 +103,8 @@ def main(argv=None):
               f"{np.median(e_base[m]):.2f} / {np.median(e_full[m]):.2f} | "
               f"{S[m][-1]:.0f} | {1e3 * step_wall[m].mean():.0f} | "
               f"{rate:.2f} / {1e3 / (gd_ms / args.gd_dt):.2f} |")
+    print(f"\nmax mu_k (a-w curvature rate) / lambda_max: {mu_start:.3g} / {lam_start:.3g} at "
+          f"the start, {curvature_rate(st.cur[0]):.3g} / {float(st.cur[1][-1]):.3g} at the end")
 
 
 if __name__ == "__main__":
