@@ -10,9 +10,12 @@ time units per second against gradient descent at ``--gd-dt`` (its ms per step m
 in the same process); then, at the run's first and last state, the largest rate of the
 residual-weighted curvature that the Gauss-Newton split leaves out (for ReLU it couples
 each neuron's ``a_k`` and ``w_k``: ``mu_k = c_f sqrt(c_a c_w s) |sum_i sigma'_ik e_i
-x~_i| / n``) beside ``lambda_max``. ``--start FILE --at T`` starts instead from the snapshot nearest
-``T`` of a ``benchmarks/digits_tstar.py run`` file (``snap_t``, ``snap_y``); the times
-printed are then from that start.
+x~_i| / n``) beside ``lambda_max``; and at the accepted steps ``--kink-steps``, the
+nonlinear remainder of the residual over a trial step of the current size
+(``e(y1) - e(y) - J (y1 - y)``, per neuron), summed over the neurons whose activation
+pattern changes in the step and over all others (ReLU). ``--start FILE --at T`` starts
+instead from the snapshot nearest ``T`` of a ``benchmarks/digits_tstar.py run`` file
+(``snap_t``, ``snap_y``); the times printed are then from that start.
 
 Usage (one thread, as in docs/benchmarks.md)::
 
@@ -42,6 +45,28 @@ def curvature_rate(lin):
     return float(abs(c.cf) * np.sqrt(abs(c.ca * c.cw * c.s)) * np.linalg.norm(v, axis=1).max())
 
 
+def kink_split(st, h):
+    """``(crossing neurons, |remainder| from them, |remainder| from the others)`` of a
+    trial step ``h`` from the stepper's state (ReLU; the trial is discarded)."""
+    lin = st.cur[0]
+    c = lin.c
+    M, D = c.M, c.D
+    y = st.y
+    y1 = np.empty_like(y)
+    counts = st.nfev, st.njev_f
+    st.attempt(y, st.cur, h, y1)
+    st.nfev, st.njev_f = counts                       # not the run's work
+    a0, a1 = y[:M, None], y1[:M, None]
+    pre0 = c.s * (y[M:].reshape(M, D) @ c.XtT)
+    pre1 = c.s * (y1[M:].reshape(M, D) @ c.XtT)
+    on0 = pre0 > 0
+    predicted = a1 * np.maximum(pre0, 0) + a0 * on0 * (pre1 - pre0)
+    rem = c.cf * (a1 * np.maximum(pre1, 0) - predicted)          # (M, n)
+    cross = (on0 != (pre1 > 0)).any(axis=1)
+    return (int(cross.sum()), float(np.linalg.norm(rem[cross].sum(axis=0))),
+            float(np.linalg.norm(rem[~cross].sum(axis=0))))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--method", default="expgn2", choices=["expgn2", "expgn3"])
@@ -52,6 +77,7 @@ def main(argv=None):
     ap.add_argument("--bins", type=float, nargs="+", default=[1, 3, 10, 30, 100, 300],
                     help="bin edges below --t-end (0 and --t-end are added)")
     ap.add_argument("--gd-dt", type=float, default=1 / 32)
+    ap.add_argument("--kink-steps", type=int, nargs="*", default=[5, 40, 120, 300, 600])
     ap.add_argument("--start", help="a digits_tstar.py run file with snapshots")
     ap.add_argument("--at", type=float, default=0.0, help="the snapshot time to start from")
     args = ap.parse_args(argv)
@@ -75,7 +101,12 @@ def main(argv=None):
     mu_start, lam_start = curvature_rate(st.cur[0]), float(st.cur[1][-1])
     walls = []
     t0 = time.perf_counter()
+    kinks = []
     while st.t < args.t_end:
+        if st.steps in args.kink_steps:
+            t_check = time.perf_counter()
+            kinks.append((st.steps, st.t, st.h, *kink_split(st, st.h)))
+            t0 += time.perf_counter() - t_check                  # not in the step times
         st.step(args.t_end)
         walls.append(time.perf_counter() - t0)
     tr = np.array(st.trace, dtype=float)
@@ -105,6 +136,11 @@ def main(argv=None):
               f"{rate:.2f} / {1e3 / (gd_ms / args.gd_dt):.2f} |")
     print(f"\nmax mu_k (a-w curvature rate) / lambda_max: {mu_start:.3g} / {lam_start:.3g} at "
           f"the start, {curvature_rate(st.cur[0]):.3g} / {float(st.cur[1][-1]):.3g} at the end")
+    if kinks:
+        print("\n| step | t | h | crossing neurons | remainder of e from them | from the others |")
+        print("|---|---|---|---|---|---|")
+        for k, t_k, h_k, n_cross, r_cross, r_other in kinks:
+            print(f"| {k} | {t_k:.3g} | {h_k:.3g} | {n_cross} | {r_cross:.2g} | {r_other:.2g} |")
 
 
 if __name__ == "__main__":
