@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 import flowsolve as fs
+from digits_tstar import problem as digits_problem
 from flowsolve.solvers.auto import build_structured
 
 
@@ -82,9 +83,7 @@ def main(argv=None):
     ap.add_argument("--at", type=float, default=0.0, help="the snapshot time to start from")
     args = ap.parse_args(argv)
 
-    prob = fs.Problem(fs.TwoLayer(args.width, fs.Scaling.from_gammas(args.gamma, 0.0,
-                                                                      args.width), asi=True),
-                      fs.datasets.digits(n=256), seed=0, backend="numba")
+    prob = digits_problem(args.width, args.gamma)
     t_start = 0.0
     if args.start:
         snaps = np.load(args.start)

@@ -171,9 +171,11 @@ class ExpGNStepper:
         ``(t, h, rejected, event_neurons, err_base, err, lam_max, sliding_pairs)``:
         its end time and size, the attempts rejected before it, the neurons its events
         re-integrated, the scaled error norm of the base step alone (the components
-        left to it) and the norm the controller took (with the event re-integration's
-        estimate, :meth:`_consistency`), the largest eigenvalue of ``K/n`` at its start,
-        and the sliding pairs at its end. ``None`` (default): nothing recorded.
+        left to it; with events, as :meth:`_events` took it before the sliding neurons
+        are projected back onto their surfaces) and the norm the controller took (with
+        the event re-integration's estimate, :meth:`_consistency`), the largest
+        eigenvalue of ``K/n`` at its start, and the sliding pairs at its end. ``None``
+        (default): nothing recorded.
     """
 
     #: the most RK4 substeps one event re-integration may take (``substeps`` per
@@ -510,9 +512,7 @@ class ExpGNStepper:
                     if nev:                        # re-integrated neurons: their residual
                         lin_end, extra = self._consistency(y1, S_new, h)
                     err = self._norm(self.y, y1, err_vec, keep, extra)
-                    if self.trace is not None:
-                        err_base = (self._norm(self.y, y1, err_vec, keep) if extra is not None
-                                    else err)
+                    err_base = self._err_base if nev else err  # for the trace
                 if math.isfinite(err) and err <= 1.0:
                     fac = pi_factor(err, self.err_prev, k, self.safety, 0.2, self.max_factor,
                                     rejected_once)
