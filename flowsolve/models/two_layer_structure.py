@@ -59,6 +59,9 @@ class _Consts:
         #: compiled ``(h, a sigma')`` of a ReLU-family linearisation (a backend's
         #: ``relu_pattern``), or None
         self.relu_pattern = None
+        #: with sliding pairs, linearise the sliding-mode flow in the surfaces' tangent
+        #: spaces (:class:`Linearization`); False: ``sigma'`` = the controls, held fixed
+        self.tangent = True
 
 
 class Linearization:
@@ -74,6 +77,22 @@ class Linearization:
         ``|e|^2 / (2n)``.
     mobility : array, shape (P,)
         The diagonal ``C`` with ``dy/dt = -C J^T e / n``.
+
+    Notes
+    -----
+    With sliding pairs ``S`` the flow is the sliding-mode flow: a neuron ``k`` with
+    sliding pairs ``I_k`` moves its input weights in the tangent space of its surfaces,
+    ``dw_k/dt = Pi_k v_k`` with ``Pi_k`` the orthogonal projector onto
+    ``{x~_i : i in I_k}^perp`` (constant: the data are) and ``v_k`` its velocity without
+    the sliding pairs; the equivalent controls ``theta`` (:func:`controls`) give the same
+    velocity. Its Jacobian is therefore that of the plain flow with ``sigma' = 0`` on the
+    sliding pairs and ``Pi_k`` applied to the neuron's input weights: ``J_S = J' Pi``,
+    ``C J_S^T = Pi C J'^T``, Gram matrix ``J' C Pi J'^T``. That is what ``jv``, ``cjt``,
+    ``gram`` and ``dense`` apply (``consts.tangent``, the default). Holding ``sigma'`` at
+    the controls' values instead (``tangent`` False) lets a change of the residual push
+    the sliding neurons off their surfaces in the linear model, which the flow does not
+    do: the exponential steps then treat that difference explicitly, and it held them to
+    ``h lambda_max ~ 9`` late on digits (docs/benchmarks.md, session 23).
     """
 
     def __init__(self, consts: _Consts, y, S=None):
@@ -115,6 +134,11 @@ class Linearization:
             self.ag = g * self.a[:, None]                       # (M, n): a_k sigma'_ki
         self.loss = float(self.e @ self.e) / (2.0 * c.n)
         self.mobility = c.mobility
+        self._tangent = None
+        if sliding and c.tangent:
+            self._tangent = _tangent_spaces(c, self._theta_rows[0], S)
+            rows = self._tangent[0]
+            self.ag[rows] = xp.where(S[rows], 0.0, self.ag[rows])
 
     @property
     def theta(self):
@@ -143,6 +167,9 @@ class Linearization:
         c = self.c
         M, D = c.M, c.D
         vw = v[M:].reshape(M, D) @ c.XtT                        # (M, n)
+        if self._tangent is not None:                            # J' Pi v
+            rows = self._tangent[0]
+            vw[rows] = self._project(v[M:].reshape(M, D)[rows]) @ c.XtT
         vw *= self.ag
         return c.cf * (v[:M] @ self.h + c.s * vw.sum(axis=0))
 
@@ -159,13 +186,34 @@ class Linearization:
         xp.multiply(self.h @ u, c.ca, out=out[:M])
         # (ag u) Xt as ag (u Xt): an (n, D) scaling instead of an (M, n) temporary
         xp.multiply(self.ag @ (u[:, None] * c.Xt), c.cw, out=out[M:].reshape(M, D))
+        if self._tangent is not None:                            # Pi C J'^T u
+            rows = self._tangent[0]
+            w = out[M:].reshape(M, D)
+            w[rows] = self._project(w[rows])
         return out
+
+    def _project(self, vw):
+        """``Pi_k`` on the input-weight blocks ``vw`` (r, D) of the sliding rows."""
+        _, X, Ginv, _ = self._tangent
+        xp = self.c.xp
+        coef = xp.einsum("rpq,rq->rp", Ginv, xp.einsum("rpd,rd->rp", X, vw))
+        return vw - xp.einsum("rpd,rp->rd", X, coef)
 
     def gram(self):
         """``J C J^T`` (n, n), symmetric positive semi-definite."""
         c = self.c
-        return c.cf * (c.ca * (self.h.T @ self.h)
-                       + c.cw * c.s * c.XX * (self.ag.T @ self.ag))
+        K = c.cf * (c.ca * (self.h.T @ self.h)
+                    + c.cw * c.s * c.XX * (self.ag.T @ self.ag))
+        if self._tangent is not None:
+            # x~_i . Pi_k x~_j = XX_ij - XX_{i,I} G^+ XX_{I,j}: per row W_k = ag_k XX[:, I_k]
+            rows, _, Ginv, idx = self._tangent
+            xp = c.xp
+            W = self.ag[rows][:, :, None] * c.XX[:, idx].transpose(1, 0, 2)   # (r, n, p)
+            T = xp.einsum("rnp,rpq->rnq", W, Ginv)
+            r, n, p = W.shape
+            K -= (c.cf * c.cw * c.s) * (T.transpose(1, 0, 2).reshape(n, r * p)
+                                        @ W.transpose(1, 0, 2).reshape(n, r * p).T)
+        return K
 
     def dense(self):
         """The Jacobian ``J`` as a dense (n, P) array (tests and small problems only)."""
@@ -174,7 +222,11 @@ class Linearization:
         M, D = c.M, c.D
         J = xp.empty((c.n, M * (D + 1)), dtype=self.h.dtype)
         J[:, :M] = c.cf * self.h.T
-        J[:, M:] = (c.cf * c.s * self.ag.T[:, :, None] * c.Xt[:, None, :]).reshape(c.n, M * D)
+        Jw = c.cf * c.s * self.ag.T[:, :, None] * c.Xt[:, None, :]          # (n, M, D)
+        if self._tangent is not None:
+            rows = self._tangent[0]
+            Jw[:, rows] = xp.stack([self._project(Jw[i, rows]) for i in range(c.n)])
+        J[:, M:] = Jw.reshape(c.n, M * D)
         return J
 
 
@@ -199,6 +251,28 @@ def make_linearize(model, xp, data, dtype, kernels=None):
     linearize.gram_cost = consts.gram_cost
     linearize.n = consts.n
     return linearize
+
+
+def _tangent_spaces(c, rows, S):
+    """The sliding rows' surfaces, for the tangent projectors ``Pi_k = I - X_k^T G_k^+
+    X_k`` (``X_k`` the rows ``x~_i``, ``i`` in ``I_k``, ``G_k = X_k X_k^T``): returns
+    ``(rows (r,), X (r, p, D), G^+ (r, p, p), idx (r, p))``, ``p`` the most sliding pairs
+    of a row; rows with fewer are padded with zero rows of ``X`` (and of ``G^+``), which
+    leave ``Pi_k`` unchanged. The pseudo-inverses are taken on the host (``p`` is small)."""
+    xp = c.xp
+    sub = S[rows]
+    cnt = sub.sum(axis=1)
+    p = max(int(cnt.max()), 1) if rows.size else 1
+    # the sliding pairs of each row first (a stable sort puts the True columns first)
+    order = xp.argsort(~sub, axis=1, kind="stable")[:, :p]
+    valid = xp.arange(p)[None, :] < cnt[:, None]
+    idx = xp.where(valid, order, 0)
+    X = c.Xt[idx] * valid[:, :, None]                                  # (r, p, D)
+    G = c.XX[idx[:, :, None], idx[:, None, :]] * (valid[:, :, None] & valid[:, None, :])
+    to_host = _to_numpy(xp)
+    Ginv = xp.asarray(np.linalg.pinv(to_host(G), rcond=1e-12, hermitian=True),
+                      dtype=X.dtype)
+    return rows, X, Ginv, idx
 
 
 def controls(xp, g, S, e, XX, rows_kernel=None):
