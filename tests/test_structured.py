@@ -554,6 +554,57 @@ def test_compiled_controls_match_least_squares(case):
 
 
 @pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+def test_linearisation_of_the_sliding_mode_flow_is_tangent_to_the_surfaces(act):
+    """With sliding pairs (0 to 3 per neuron, d = 3) the Gauss-Newton structure is that of
+    the sliding-mode flow: ``-C J^T e / n`` is its right-hand side (the equivalent
+    controls' velocity); every ``C J^T u`` leaves the sliding pairs' pre-activations
+    fixed; ``J v`` is the derivative of the residual along ``v`` moved into the tangent
+    spaces (finite differences); ``jv``, ``cjt``, ``gram`` agree with the dense ``J``.
+    Holding ``sigma'`` at the controls instead (``tangent`` False) moves sliding pairs
+    off their surfaces: the difference the tangent form removes."""
+    from flowsolve.models.two_layer_structure import make_linearize
+
+    m, n, d = 40, 12, 3
+    data = fs.datasets.smooth(n, d=d, seed=5)
+    model = fs.TwoLayer(m, fs.Scaling.from_gammas(0.75, 0.0, m), activation=act, asi=False)
+    rng = np.random.default_rng(2)
+    M, D = model.n_neurons, d + 1
+    S = np.zeros((M, n), dtype=bool)
+    for k in range(M):
+        S[k, rng.choice(n, size=k % 4, replace=False)] = True
+    sw = model.make_switching(np, data, np.float64)
+    y = sw.project(fs.Problem(model, data, seed=1).y0_host.copy(), S)
+    lz = make_linearize(model, np, data, np.float64)
+    lin = lz(y, S)
+    J, C = lin.dense(), lin.mobility
+    v, u = rng.standard_normal(y.size), rng.standard_normal(n)
+    np.testing.assert_allclose(lin.jv(v), J @ v, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(lin.cjt(u), C * (J.T @ u), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(lin.gram(), J @ (C[:, None] * J.T), rtol=1e-12, atol=1e-13)
+    f = np.empty_like(y)
+    sw.set_sliding(S)
+    sw.rhs(y, f)
+    np.testing.assert_allclose(lin.cjt(-lin.e / n), f, rtol=1e-10, atol=1e-13)
+
+    def off_surface(lin_, vec):                   # pre-activation rates on sliding pairs
+        return np.abs((vec[M:].reshape(M, D) @ lin_.c.XtT)[S]).max()
+
+    assert off_surface(lin, lin.cjt(u)) < 1e-13
+    vt = v.copy()                                  # v in the tangent spaces
+    w = vt[M:].reshape(M, D)
+    for k in np.nonzero(S.any(axis=1))[0]:
+        X = data.x_tilde()[S[k]]
+        w[k] -= X.T @ np.linalg.solve(X @ X.T, X @ w[k])
+    np.testing.assert_allclose(lin.jv(v), lin.jv(vt), rtol=1e-12, atol=1e-13)
+    eps = 1e-6
+    fd = (lz(y + eps * vt, S).e - lz(y - eps * vt, S).e) / (2 * eps)
+    np.testing.assert_allclose(lin.jv(v), fd, rtol=1e-7, atol=1e-9)
+    lin_held = make_linearize(model, np, data, np.float64, tangent=False)(y, S)
+    np.testing.assert_allclose(lin_held.cjt(-lin_held.e / n), f, rtol=1e-10, atol=1e-13)
+    assert off_surface(lin_held, lin_held.cjt(u)) > 1e-3
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
 def test_compiled_rows_of_controls_and_projection_match_numpy(act):
     """The exponential steps' compiled pieces on the numba backend, row by row against
     the NumPy code on a whole sliding set (neurons with none, one and several sliding

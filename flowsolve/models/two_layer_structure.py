@@ -194,10 +194,9 @@ class Linearization:
 
     def _project(self, vw):
         """``Pi_k`` on the input-weight blocks ``vw`` (r, D) of the sliding rows."""
-        _, X, Ginv, _ = self._tangent
+        Q = self._tangent[1]
         xp = self.c.xp
-        coef = xp.einsum("rpq,rq->rp", Ginv, xp.einsum("rpd,rd->rp", X, vw))
-        return vw - xp.einsum("rpd,rp->rd", X, coef)
+        return vw - xp.einsum("rpd,rp->rd", Q, xp.einsum("rpd,rd->rp", Q, vw))
 
     def gram(self):
         """``J C J^T`` (n, n), symmetric positive semi-definite."""
@@ -205,14 +204,11 @@ class Linearization:
         K = c.cf * (c.ca * (self.h.T @ self.h)
                     + c.cw * c.s * c.XX * (self.ag.T @ self.ag))
         if self._tangent is not None:
-            # x~_i . Pi_k x~_j = XX_ij - XX_{i,I} G^+ XX_{I,j}: per row W_k = ag_k XX[:, I_k]
-            rows, _, Ginv, idx = self._tangent
-            xp = c.xp
-            W = self.ag[rows][:, :, None] * c.XX[:, idx].transpose(1, 0, 2)   # (r, n, p)
-            T = xp.einsum("rnp,rpq->rnq", W, Ginv)
-            r, n, p = W.shape
-            K -= (c.cf * c.cw * c.s) * (T.transpose(1, 0, 2).reshape(n, r * p)
-                                        @ W.transpose(1, 0, 2).reshape(n, r * p).T)
+            # x~_i . Pi_k x~_j = XX_ij - (X~ Q_k^T Q_k X~^T)_ij: a rank-|I_k| correction
+            # per sliding row, Z Z^T over the sliding pairs' columns z = ag_k * X~ q
+            rows, _, XQ, valid = self._tangent
+            Z = (self.ag[rows][:, :, None] * XQ).transpose(0, 2, 1)[valid]     # (pairs, n)
+            K -= (c.cf * c.cw * c.s) * (Z.T @ Z)
         return K
 
     def dense(self):
@@ -230,7 +226,7 @@ class Linearization:
         return J
 
 
-def make_linearize(model, xp, data, dtype, kernels=None):
+def make_linearize(model, xp, data, dtype, kernels=None, tangent=True):
     """``linearize(y, S=None) -> Linearization`` for ``model`` on ``data`` (``S``: bool
     (M, n) sliding pairs of a ReLU flow, whose ``sigma'`` becomes the equivalent control
     ``theta`` and ``sigma`` zero: then ``-C J^T e / n`` is the sliding-mode flow and
@@ -238,8 +234,11 @@ def make_linearize(model, xp, data, dtype, kernels=None):
     ``mobility`` (P,), ``gram_cost`` (RHS-equivalents of one Gram matrix) and ``n``.
     ``kernels``: a backend's switching kernels; their ``controls_rows``, if any, solves
     the controls (compiled, as the sliding method's RHS does), and for ReLU-family
-    activations their ``relu_pattern`` computes ``sigma`` and ``a sigma'`` in one pass."""
+    activations their ``relu_pattern`` computes ``sigma`` and ``a sigma'`` in one pass.
+    ``tangent``: linearise the sliding-mode flow in the surfaces' tangent spaces (default;
+    :class:`Linearization`), else hold ``sigma'`` at the controls (for comparisons)."""
     consts = _Consts(model, xp, data, dtype)
+    consts.tangent = bool(tangent)
     consts.controls_rows = getattr(kernels, "controls_rows", None)
     if consts.controls_rows is not None and consts.lo is not None:
         consts.relu_pattern = getattr(kernels, "relu_pattern", None)
@@ -254,11 +253,13 @@ def make_linearize(model, xp, data, dtype, kernels=None):
 
 
 def _tangent_spaces(c, rows, S):
-    """The sliding rows' surfaces, for the tangent projectors ``Pi_k = I - X_k^T G_k^+
-    X_k`` (``X_k`` the rows ``x~_i``, ``i`` in ``I_k``, ``G_k = X_k X_k^T``): returns
-    ``(rows (r,), X (r, p, D), G^+ (r, p, p), idx (r, p))``, ``p`` the most sliding pairs
-    of a row; rows with fewer are padded with zero rows of ``X`` (and of ``G^+``), which
-    leave ``Pi_k`` unchanged. The pseudo-inverses are taken on the host (``p`` is small)."""
+    """Orthonormal bases of the sliding rows' surface normals, for the tangent projectors
+    ``Pi_k = I - Q_k^T Q_k``: ``Q_k = L_k^{-1} X_k`` with ``X_k`` (p, D) the ``x~_i``,
+    ``i`` in ``I_k``, and ``L_k`` the Cholesky factor of ``X_k X_k^T``. Returns ``(rows
+    (r,), Q (r, p, D), XQ (r, n, p), valid (r, p))``: ``XQ[r] = X~ Q_r^T`` (from the data
+    Gram matrix, no D-sized work), ``p`` the most sliding pairs of a row; rows with fewer
+    are padded with zero basis vectors (``valid`` False), which leave ``Pi_k`` unchanged.
+    The small factorisations are taken on the host."""
     xp = c.xp
     sub = S[rows]
     cnt = sub.sum(axis=1)
@@ -267,12 +268,15 @@ def _tangent_spaces(c, rows, S):
     order = xp.argsort(~sub, axis=1, kind="stable")[:, :p]
     valid = xp.arange(p)[None, :] < cnt[:, None]
     idx = xp.where(valid, order, 0)
-    X = c.Xt[idx] * valid[:, :, None]                                  # (r, p, D)
-    G = c.XX[idx[:, :, None], idx[:, None, :]] * (valid[:, :, None] & valid[:, None, :])
+    both = valid[:, :, None] & valid[:, None, :]
+    G = xp.where(both, c.XX[idx[:, :, None], idx[:, None, :]], 0.0)
+    G = G + xp.where(~valid, 1.0, 0.0)[:, :, None] * xp.eye(p, dtype=G.dtype)  # pads: I
     to_host = _to_numpy(xp)
-    Ginv = xp.asarray(np.linalg.pinv(to_host(G), rcond=1e-12, hermitian=True),
-                      dtype=X.dtype)
-    return rows, X, Ginv, idx
+    Linv = xp.asarray(np.linalg.inv(np.linalg.cholesky(to_host(G))), dtype=c.Xt.dtype)
+    Linv = Linv * valid[:, :, None]                         # padded basis vectors: 0
+    Q = xp.einsum("rpq,rqd->rpd", Linv, c.Xt[idx])                      # (r, p, D)
+    XQ = xp.einsum("rnq,rpq->rnp", c.XX[:, idx].transpose(1, 0, 2), Linv)  # (r, n, p)
+    return rows, Q, XQ, valid
 
 
 def controls(xp, g, S, e, XX, rows_kernel=None):
