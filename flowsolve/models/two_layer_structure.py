@@ -62,6 +62,18 @@ class _Consts:
         #: with sliding pairs, linearise the sliding-mode flow in the surfaces' tangent
         #: spaces (:class:`Linearization`); False: ``sigma'`` = the controls, held fixed
         self.tangent = True
+        self._tangent_cache = []
+
+    def tangent_spaces(self, rows, S):
+        """:func:`_tangent_spaces` for the sliding set ``S``, reused for the last two sets
+        (it depends on the data and ``S`` only; an exponential step linearises at its end
+        with the sliding set of its start and of its end)."""
+        for S_known, spaces in self._tangent_cache:
+            if S_known.shape == S.shape and bool((S_known == S).all()):
+                return spaces
+        spaces = _tangent_spaces(self, rows, S)
+        self._tangent_cache = [(S.copy(), spaces)] + self._tangent_cache[:1]
+        return spaces
 
 
 class Linearization:
@@ -136,7 +148,7 @@ class Linearization:
         self.mobility = c.mobility
         self._tangent = None
         if sliding and c.tangent:
-            self._tangent = _tangent_spaces(c, self._theta_rows[0], S)
+            self._tangent = c.tangent_spaces(self._theta_rows[0], S)
             rows = self._tangent[0]
             self.ag[rows] = xp.where(S[rows], 0.0, self.ag[rows])
 
@@ -195,8 +207,8 @@ class Linearization:
     def _project(self, vw):
         """``Pi_k`` on the input-weight blocks ``vw`` (r, D) of the sliding rows."""
         Q = self._tangent[1]
-        xp = self.c.xp
-        return vw - xp.einsum("rpd,rp->rd", Q, xp.einsum("rpd,rd->rp", Q, vw))
+        coef = Q @ vw[:, :, None]                                       # (r, p, 1)
+        return vw - (Q.transpose(0, 2, 1) @ coef)[:, :, 0]
 
     def gram(self):
         """``J C J^T`` (n, n), symmetric positive semi-definite."""
@@ -274,8 +286,8 @@ def _tangent_spaces(c, rows, S):
     to_host = _to_numpy(xp)
     Linv = xp.asarray(np.linalg.inv(np.linalg.cholesky(to_host(G))), dtype=c.Xt.dtype)
     Linv = Linv * valid[:, :, None]                         # padded basis vectors: 0
-    Q = xp.einsum("rpq,rqd->rpd", Linv, c.Xt[idx])                      # (r, p, D)
-    XQ = xp.einsum("rnq,rpq->rnp", c.XX[:, idx].transpose(1, 0, 2), Linv)  # (r, n, p)
+    Q = Linv @ c.Xt[idx]                                                 # (r, p, D)
+    XQ = c.XX[:, idx].transpose(1, 0, 2) @ Linv.transpose(0, 2, 1)        # (r, n, p)
     return rows, Q, XQ, valid
 
 
