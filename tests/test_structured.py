@@ -360,6 +360,53 @@ def test_auto_on_smooth_activations_follows_the_kernel_horizon():
     assert choose(relu, 1e-3)[0] == "sliding"          # the rule is for smooth activations
 
 
+def test_auto_on_relu_follows_the_regime_and_the_kernel_horizon():
+    """ReLU: ``expgn2`` in the linear regime when ``lambda_max(K/n)`` times the horizon
+    (``t_end``, or the linearised flow's time to ``stop_at_loss``) reaches
+    ``RELU_STIFF_HORIZON``; ``sliding`` over short horizons, on the four points (horizon
+    ~100 whatever the regime) and outside the linear regime. The linearised time to the
+    loss is where ``expm(-K t) e0`` reaches it."""
+    from scipy.linalg import expm
+
+    from flowsolve.solvers.auto import (RELU_STIFF_HORIZON, choose, kernel_horizon,
+                                        kernel_modes, linearised_time_to_loss)
+
+    data = fs.datasets.digits(n=256)
+    m = 200
+    lin = fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(0.5, 0.0, m), asi=True), data)
+    lam, e_hat = kernel_modes(lin)
+    t_lin = linearised_time_to_loss(lam, e_hat, data.n, 1e-4)
+    assert lam[-1] * t_lin > 10 * RELU_STIFF_HORIZON
+    name, why = choose(lin, None, 1e-4)
+    assert name == "expgn2" and "linear regime" in why
+    assert choose(lin, 1e5)[0] == "expgn2"
+    short = 0.5 * RELU_STIFF_HORIZON / lam[-1]
+    assert choose(lin, short)[0] == "sliding"
+    assert kernel_horizon(lin, short) == pytest.approx(0.5 * RELU_STIFF_HORIZON)
+    assert choose(lin, 1e5, stop_at_loss=0.5 * float(e_hat @ e_hat) / (2 * data.n))[0] \
+        == "sliding"                              # the loss is reached early
+    cond = fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(2.0, 0.0, m), asi=True), data)
+    assert choose(cond, None, 1e-4)[0] == "sliding"
+    four = fs.Problem(fs.TwoLayer(1000, fs.Scaling.from_gammas(0.5, 0.0, 1000), asi=True),
+                      fs.datasets.four_points())
+    assert choose(four, None, 1e-4)[0] == "sliding"
+    # the linearised time against the matrix exponential of a random kernel
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((6, 6))
+    K = A @ A.T / 6 + np.diag([0, 0, 0, 0, 0, 1e-3])
+    lam_k, V = np.linalg.eigh(K)
+    e0 = rng.standard_normal(6)
+    n = 6
+    for loss in (1e-2, 1e-4):
+        t = linearised_time_to_loss(lam_k, V.T @ e0, n, loss)
+        e_t = expm(-K * t) @ e0
+        assert e_t @ e_t / (2 * n) == pytest.approx(loss, rel=1e-5)
+    assert linearised_time_to_loss(lam_k, V.T @ e0, n, 10.0) == 0.0
+    lam_k[0] = 0.0                                    # a null mode carries e0's share
+    share = (V[:, 0] @ e0) ** 2 / (2 * n)
+    assert linearised_time_to_loss(lam_k, V.T @ e0, n, 0.5 * share) == math.inf
+
+
 def test_auto_is_the_default_method():
     """``fs.solve(prob)`` without a method runs ``auto`` (issue 7): the same result as
     asking for it, and the choice named in the stats and the Dataset."""

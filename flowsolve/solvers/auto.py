@@ -21,9 +21,11 @@ import math
 
 import numpy as np
 
+from ..analysis.regimes import LINEAR, theory_regime
 from ..errors import ConfigError
 
-__all__ = ["STRUCTURED", "STIFF_HORIZON", "build_structured", "choose", "kernel_horizon"]
+__all__ = ["STRUCTURED", "STIFF_HORIZON", "RELU_STIFF_HORIZON", "build_structured", "choose",
+           "kernel_horizon", "kernel_modes", "linearised_time_to_loss"]
 
 STRUCTURED = ("auto", "expgn2", "expgn3", "sliding")
 
@@ -31,29 +33,82 @@ STRUCTURED = ("auto", "expgn2", "expgn3", "sliding")
 #: initialisation reaches this, else ``dopri5`` (docs/benchmarks.md, session 15)
 STIFF_HORIZON = 10.0
 
+#: ReLU family in the linear regime: ``auto`` runs ``expgn2`` when ``lambda_max(K/n)``
+#: times the horizon (``t_end``, or the time the linearised flow takes to the loss asked
+#: for, if sooner) reaches this, else ``sliding`` (docs/benchmarks.md, session 23)
+RELU_STIFF_HORIZON = 1e3
 
-def kernel_horizon(problem, t_end) -> float:
-    """``lambda_max(K/n) t_end`` at ``y0``: how many of the kernel's fastest time scales
-    the horizon spans (K = J C J^T, the Gauss-Newton Gram matrix, n x n; one Gram
-    matrix's work)."""
+
+def kernel_modes(problem):
+    """Eigenvalues (ascending, >= 0) of ``K/n`` at ``y0`` (``K = J C J^T``, the
+    Gauss-Newton Gram matrix, n x n) and the residual's coefficients in its eigenvectors:
+    ``(lam (n,), e_hat (n,))``. One Gram matrix and one ``n x n`` eigendecomposition."""
     be = problem.backend
     lin = problem.model.make_jacobian(be.xp, problem.data, problem.dtype)(problem.y0)
     K = np.asarray(be.to_numpy(lin.gram()), dtype=np.float64) / problem.data.n
-    return float(np.linalg.eigvalsh(0.5 * (K + K.T))[-1]) * t_end
+    lam, V = np.linalg.eigh(0.5 * (K + K.T))
+    e = np.asarray(be.to_numpy(lin.e), dtype=np.float64)
+    return np.maximum(lam, 0.0), V.T @ e
 
 
-def choose(problem, t_end: float | None = None) -> tuple[str, str]:
-    """The method ``"auto"`` runs on ``problem`` up to ``t_end`` (None or inf: open-ended),
-    and why.
+def kernel_horizon(problem, t_end) -> float:
+    """``lambda_max(K/n) t_end`` at ``y0``: how many of the kernel's fastest time scales
+    the horizon spans (one Gram matrix's work)."""
+    return float(kernel_modes(problem)[0][-1]) * t_end
+
+
+def linearised_time_to_loss(lam, e_hat, n, loss) -> float:
+    """The time at which the linearised flow ``e(t) = V exp(-t Lambda) V^T e(0)`` (the
+    kernel frozen at its initial value, the NTK limit) brings the loss
+    ``|e|^2 / (2n)`` down to ``loss``: ``inf`` if it never does (the null modes' share
+    is above it), 0 if it starts there. Bisection to relative 1e-6.
+
+    Parameters
+    ----------
+    lam, e_hat : arrays (n,)
+        :func:`kernel_modes`.
+    n : int
+        Number of data points.
+    loss : float
+    """
+    def at(t):
+        return float(np.sum((np.exp(-lam * t) * e_hat) ** 2)) / (2.0 * n)
+
+    if at(0.0) <= loss:
+        return 0.0
+    if float(np.sum(e_hat[lam <= 0.0] ** 2)) / (2.0 * n) > loss:   # the t -> inf limit
+        return math.inf
+    hi = 1.0 / max(float(lam[-1]), 1e-300)
+    while at(hi) > loss:
+        hi *= 2.0
+    lo = 0.0
+    while hi - lo > 1e-6 * hi:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if at(mid) > loss else (lo, mid)
+    return hi
+
+
+def choose(problem, t_end: float | None = None,
+           stop_at_loss: float | None = None) -> tuple[str, str]:
+    """The method ``"auto"`` runs on ``problem`` up to ``t_end`` (None or inf: open-ended)
+    or until the loss reaches ``stop_at_loss``, and why.
 
     Rules (docs/benchmarks.md, "Beating gradient descent", has the measurements):
 
     - models without Gauss-Newton structure: ``dopri5``;
-    - ReLU-family two-layer models, every regime: ``"sliding"``. Their kinks, not
-      stiffness, limit the step on the measured problems (four points: sliding beat the
-      exponential steps at gamma = 0.5 and by 3x-30x at gamma >= 1, where many neurons
-      slide with a large residual and the Gauss-Newton matrix is a poor Jacobian; on
-      digits at m = 1000 the exponential steps stayed at h ~ 0.07 as well). Against
+    - ReLU-family two-layer models in the linear regime (:func:`theory_regime`) over a
+      long horizon: ``"expgn2"``, when ``lambda_max(K/n)`` at ``y0`` times the horizon
+      (``t_end``, or the time the linearised flow takes to ``stop_at_loss``
+      (:func:`linearised_time_to_loss`) if that is sooner) reaches
+      :data:`RELU_STIFF_HORIZON`. Digits (n = 256, m = 1000, gamma = 0.5) to T*
+      (horizon ~1e5): 1.4x less wall time than ``sliding``, 9.8x fewer
+      RHS-equivalents than GD at dt = 1/32, whose error is 65x larger (session 23);
+      the exponential steps linearise the sliding-mode flow, which lets them take
+      steps of several ``1/lambda_max`` late in the flow;
+    - other ReLU-family cases: ``"sliding"``. Their kinks, not stiffness, limit the step
+      on the measured problems (the four points, horizon ~100 in every regime: sliding
+      in less wall time than the exponential steps at gamma = 0.5 and 1 (m = 1e3) and
+      by 10x at gamma = 2; digits at t = 20: level). Against
       gradient descent it wins on the four points at m = 1e3-1e5 in every regime
       measured except m = 1e5, gamma = 0.5 at error 1e-4 (a tie with plain dopri5 and
       GD there); on digits, at errors ~1e-3, it is level with GD in wall time in the
@@ -75,9 +130,22 @@ def choose(problem, t_end: float | None = None) -> tuple[str, str]:
     act = getattr(getattr(model, "activation", None), "name", "")
     if act in ("relu", "leaky_relu") and hasattr(model, "make_switching"):
         sc = model.scaling
-        return "sliding", (f"ReLU kinks (gamma={sc.gamma + 0.0:.3g}, "      # + 0.0: no -0
-                           f"gamma'={sc.gamma_prime + 0.0:.3g}): "
-                           "switching-aware steps")
+        where = f"gamma={sc.gamma + 0.0:.3g}, gamma'={sc.gamma_prime + 0.0:.3g}"  # no -0
+        if int(theory_regime(sc.gamma, sc.gamma_prime)) == LINEAR:
+            lam, e_hat = kernel_modes(problem)
+            horizon = t_end if t_end is not None else math.inf
+            if stop_at_loss is not None:
+                horizon = min(horizon, linearised_time_to_loss(lam, e_hat, problem.data.n,
+                                                               stop_at_loss))
+            stiff = float(lam[-1]) * horizon if math.isfinite(horizon) else math.inf
+            if stiff >= RELU_STIFF_HORIZON:
+                return "expgn2", (f"ReLU, linear regime ({where}), stiff over the horizon "
+                                  f"(lambda_max(K/n) x horizon = {stiff:.3g} >= "
+                                  f"{RELU_STIFF_HORIZON:g}): Gauss-Newton exponential steps")
+            return "sliding", (f"ReLU kinks ({where}; linear regime, lambda_max(K/n) x "
+                               f"horizon = {stiff:.3g} < {RELU_STIFF_HORIZON:g}): "
+                               "switching-aware steps")
+        return "sliding", f"ReLU kinks ({where}): switching-aware steps"
     if t_end is not None and math.isfinite(t_end):
         stiff = kernel_horizon(problem, t_end)
         if stiff < STIFF_HORIZON:
@@ -104,13 +172,14 @@ def _switching(problem):
 
 
 def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=None,
-                     status_enum=None, t_end=None):
+                     status_enum=None, t_end=None, stop_at_loss=None):
     """The stepper for one of :data:`STRUCTURED` (``method_name`` says which ran;
-    ``t_end`` informs ``auto``'s choice)."""
+    ``t_end`` and ``stop_at_loss`` inform ``auto``'s choice)."""
     if method not in STRUCTURED:
         raise ConfigError(f"unknown structured method {method!r}; expected one of "
                           f"{list(STRUCTURED)}")
-    name, why = choose(problem, t_end) if method == "auto" else (method, "requested")
+    name, why = (choose(problem, t_end, stop_at_loss) if method == "auto"
+                 else (method, "requested"))
     be = problem.backend
     model, data = problem.model, problem.data
     if name in ("expgn2", "expgn3"):

@@ -215,7 +215,7 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
     elif method in STRUCTURED:
         stepper = build_structured(method, problem, rtol=rtol, atol=atol, first_step=first_step,
                                    error_ref=problem.y0 if error_norm == "displacement" else None,
-                                   status_enum=Status, t_end=t_end)
+                                   status_enum=Status, t_end=t_end, stop_at_loss=stop_at_loss)
         mode = "interpolate" if getattr(stepper, "has_dense", False) else "clip"
     else:
         tab = get_tableau("euler" if method == "gd" else method)
