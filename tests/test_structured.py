@@ -649,6 +649,24 @@ def test_linearisation_of_the_sliding_mode_flow_is_tangent_to_the_surfaces(act):
     lin_held = make_linearize(model, np, data, np.float64, tangent=False)(y, S)
     np.testing.assert_allclose(lin_held.cjt(-lin_held.e / n), f, rtol=1e-10, atol=1e-13)
     assert off_surface(lin_held, lin_held.cjt(u)) > 1e-3
+    # a repeated data point: two sliding pairs of one neuron on the same surface (a
+    # singular normal Gram matrix; the dependent direction is dropped)
+    rep = fs.datasets.Dataset(np.concatenate([data.x, data.x[:1]]),
+                              np.concatenate([data.y, data.y[:1] + 0.1]))
+    S2 = np.concatenate([S, S[:, :1]], axis=1)
+    S2[0, [0, n]] = True
+    sw2 = model.make_switching(np, rep, np.float64)
+    y2 = sw2.project(y.copy(), S2)
+    lin2 = make_linearize(model, np, rep, np.float64)(y2, S2)
+    J2, u2 = lin2.dense(), rng.standard_normal(n + 1)
+    np.testing.assert_allclose(lin2.cjt(u2), C * (J2.T @ u2), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(lin2.gram(), J2 @ (C[:, None] * J2.T), rtol=1e-12, atol=1e-13)
+    rates = lin2.cjt(u2)[M:].reshape(M, D) @ lin2.c.XtT
+    assert np.abs(rates[S2]).max() < 1e-13
+    f2 = np.empty_like(y2)
+    sw2.set_sliding(S2)
+    sw2.rhs(y2, f2)
+    np.testing.assert_allclose(lin2.cjt(-lin2.e / (n + 1)), f2, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("act", ["relu", "leaky_relu"])

@@ -266,29 +266,32 @@ def make_linearize(model, xp, data, dtype, kernels=None, tangent=True):
 
 def _tangent_spaces(c, rows, S):
     """Orthonormal bases of the sliding rows' surface normals, for the tangent projectors
-    ``Pi_k = I - Q_k^T Q_k``: ``Q_k = L_k^{-1} X_k`` with ``X_k`` (p, D) the ``x~_i``,
-    ``i`` in ``I_k``, and ``L_k`` the Cholesky factor of ``X_k X_k^T``. Returns ``(rows
-    (r,), Q (r, p, D), XQ (r, n, p), valid (r, p))``: ``XQ[r] = X~ Q_r^T`` (from the data
-    Gram matrix, no D-sized work), ``p`` the most sliding pairs of a row; rows with fewer
-    are padded with zero basis vectors (``valid`` False), which leave ``Pi_k`` unchanged.
-    The small factorisations are taken on the host."""
+    ``Pi_k = I - Q_k^T Q_k``: ``Q_k = Lambda^{-1/2} U^T X_k`` with ``X_k`` (p, D) the
+    ``x~_i``, ``i`` in ``I_k``, and ``U Lambda U^T`` the eigendecomposition of
+    ``X_k X_k^T`` (directions with eigenvalues below 1e-12 of the largest dropped, so a
+    repeated or dependent data point costs nothing). Returns ``(rows (r,), Q (r, p, D),
+    XQ (r, n, p), valid (r, p))``: ``XQ[r] = X~ Q_r^T`` (from the data Gram matrix, no
+    D-sized work), ``p`` the most sliding pairs of a row; rows with fewer, and dropped
+    directions, have zero basis vectors (``valid`` False), which leave ``Pi_k``
+    unchanged. The small eigendecompositions are taken on the host."""
     xp = c.xp
     sub = S[rows]
     cnt = sub.sum(axis=1)
     p = max(int(cnt.max()), 1) if rows.size else 1
     # the sliding pairs of each row first (a stable sort puts the True columns first)
     order = xp.argsort(~sub, axis=1, kind="stable")[:, :p]
-    valid = xp.arange(p)[None, :] < cnt[:, None]
-    idx = xp.where(valid, order, 0)
-    both = valid[:, :, None] & valid[:, None, :]
+    pair = xp.arange(p)[None, :] < cnt[:, None]
+    idx = xp.where(pair, order, 0)
+    both = pair[:, :, None] & pair[:, None, :]
     G = xp.where(both, c.XX[idx[:, :, None], idx[:, None, :]], 0.0)
-    G = G + xp.where(~valid, 1.0, 0.0)[:, :, None] * xp.eye(p, dtype=G.dtype)  # pads: I
     to_host = _to_numpy(xp)
-    Linv = xp.asarray(np.linalg.inv(np.linalg.cholesky(to_host(G))), dtype=c.Xt.dtype)
-    Linv = Linv * valid[:, :, None]                         # padded basis vectors: 0
+    lam, U = np.linalg.eigh(to_host(G).astype(np.float64))
+    keep = lam > 1e-12 * np.maximum(lam.max(axis=1, keepdims=True), 1e-300)
+    scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, lam, 1.0)), 0.0)
+    Linv = xp.asarray((U * scale[:, None, :]).transpose(0, 2, 1), dtype=c.Xt.dtype)
     Q = Linv @ c.Xt[idx]                                                 # (r, p, D)
     XQ = c.XX[:, idx].transpose(1, 0, 2) @ Linv.transpose(0, 2, 1)        # (r, n, p)
-    return rows, Q, XQ, valid
+    return rows, Q, XQ, xp.asarray(keep)
 
 
 def controls(xp, g, S, e, XX, rows_kernel=None):
