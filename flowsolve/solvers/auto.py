@@ -35,8 +35,9 @@ STIFF_HORIZON = 10.0
 
 #: ReLU family in the linear regime: ``auto`` runs ``expgn2`` when ``lambda_max(K/n)``
 #: times the horizon (``t_end``, or the time the linearised flow takes to the loss asked
-#: for, if sooner) reaches this, else ``sliding`` (docs/benchmarks.md, session 23)
-RELU_STIFF_HORIZON = 1e3
+#: for, if sooner) reaches this, else ``sliding`` (docs/benchmarks.md, session 23: on 32
+#: digits, m = 100, level with ``sliding`` at 1e3, ahead at 3e3, 2x at 1e4)
+RELU_STIFF_HORIZON = 3e3
 
 
 def kernel_modes(problem):
