@@ -129,8 +129,9 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
     problem : Problem
     method : str
         ``"auto"`` (default): a structure-aware method chosen from the problem and named in
-        ``Solution.stats.method`` (``"sliding"`` for ReLU-family two-layer models,
-        ``"expgn3"`` for smooth ones, ``"dopri5"`` for models without Gauss-Newton
+        ``Solution.stats.method`` (for ReLU-family two-layer models ``"expgn2"`` in the
+        linear regime over long horizons, else ``"sliding"``; ``"expgn3"`` for smooth
+        ones, ``"dopri5"`` for models without Gauss-Newton
         structure such as :class:`~flowsolve.ThreeLayer`; :func:`.auto.choose`). Or
         ``"sliding"``, ``"expgn2"``, ``"expgn3"`` by name (docs/nonsmooth.md;
         :mod:`flowsolve.solvers.exponential`);
