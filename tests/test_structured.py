@@ -637,6 +637,25 @@ def test_linearisation_of_the_sliding_mode_flow_is_tangent_to_the_surfaces(act):
         return np.abs((vec[M:].reshape(M, D) @ lin_.c.XtT)[S]).max()
 
     assert off_surface(lin, lin.cjt(u)) < 1e-13
+    # a new sliding set that keeps most rows: the tangent spaces are updated row by row
+    # (the rows that kept their pairs copied); the same structure as computed afresh
+    S_new = S.copy()
+    S_new[1] = False                                   # a row leaves
+    S_new[2, np.nonzero(~S[2])[0][0]] = True           # a row gains a pair
+    S_new[7, np.nonzero(S[7])[0][0]] = False           # a row loses one
+    y_new = sw.project(y.copy(), S_new)
+    upd, fresh = lz(y_new, S_new), make_linearize(model, np, data, np.float64)(y_new, S_new)
+    from flowsolve.models.two_layer_structure import _tangent_spaces, _tangent_spaces_update
+
+    rows_new = np.nonzero(S_new.any(axis=1))[0]
+    part = _tangent_spaces_update(lin.c, rows_new, S_new, S, lin._tangent)
+    full = _tangent_spaces(lin.c, rows_new, S_new)
+    assert part is not None                            # rows reused, three recomputed
+    proj = [np.einsum("rpd,rpe->rde", t[1], t[1]) for t in (part, full)]
+    np.testing.assert_allclose(proj[0], proj[1], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(upd.gram(), fresh.gram(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(upd.cjt(u), fresh.cjt(u), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(upd.jv(v), fresh.jv(v), rtol=1e-12, atol=1e-13)
     vt = v.copy()                                  # v in the tangent spaces
     w = vt[M:].reshape(M, D)
     for k in np.nonzero(S.any(axis=1))[0]:

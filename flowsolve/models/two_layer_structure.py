@@ -67,11 +67,17 @@ class _Consts:
     def tangent_spaces(self, rows, S):
         """:func:`_tangent_spaces` for the sliding set ``S``, reused for the last two sets
         (it depends on the data and ``S`` only; an exponential step linearises at its end
-        with the sliding set of its start and of its end)."""
+        with the sliding set of its start and of its end); for a new set, the rows whose
+        sliding pairs did not change are copied from the last one (late on digits a step
+        changes a few of ~840 rows)."""
         for S_known, spaces in self._tangent_cache:
             if S_known.shape == S.shape and bool((S_known == S).all()):
                 return spaces
-        spaces = _tangent_spaces(self, rows, S)
+        spaces = None
+        if self._tangent_cache:
+            spaces = _tangent_spaces_update(self, rows, S, *self._tangent_cache[0])
+        if spaces is None:
+            spaces = _tangent_spaces(self, rows, S)
         self._tangent_cache = [(S.copy(), spaces)] + self._tangent_cache[:1]
         return spaces
 
@@ -264,20 +270,22 @@ def make_linearize(model, xp, data, dtype, kernels=None, tangent=True):
     return linearize
 
 
-def _tangent_spaces(c, rows, S):
+def _tangent_spaces(c, rows, S, width=None):
     """Orthonormal bases of the sliding rows' surface normals, for the tangent projectors
     ``Pi_k = I - Q_k^T Q_k``: ``Q_k = Lambda^{-1/2} U^T X_k`` with ``X_k`` (p, D) the
     ``x~_i``, ``i`` in ``I_k``, and ``U Lambda U^T`` the eigendecomposition of
     ``X_k X_k^T`` (directions with eigenvalues below 1e-12 of the largest dropped, so a
     repeated or dependent data point costs nothing). Returns ``(rows (r,), Q (r, p, D),
     XQ (r, n, p), valid (r, p))``: ``XQ[r] = X~ Q_r^T`` (from the data Gram matrix, no
-    D-sized work), ``p`` the most sliding pairs of a row; rows with fewer, and dropped
-    directions, have zero basis vectors (``valid`` False), which leave ``Pi_k``
-    unchanged. The small eigendecompositions are taken on the host."""
+    D-sized work), ``p`` the most sliding pairs of a row (or ``width``, if given and not
+    less); rows with fewer, and dropped directions, have zero basis vectors (``valid``
+    False), which leave ``Pi_k`` unchanged. The small eigendecompositions are taken on
+    the host."""
     xp = c.xp
     sub = S[rows]
     cnt = sub.sum(axis=1)
     p = max(int(cnt.max()), 1) if rows.size else 1
+    p = max(p, width or 0)
     # the sliding pairs of each row first (a stable sort puts the True columns first)
     order = xp.argsort(~sub, axis=1, kind="stable")[:, :p]
     pair = xp.arange(p)[None, :] < cnt[:, None]
@@ -292,6 +300,31 @@ def _tangent_spaces(c, rows, S):
     Q = Linv @ c.Xt[idx]                                                 # (r, p, D)
     XQ = c.XX[:, idx].transpose(1, 0, 2) @ Linv.transpose(0, 2, 1)        # (r, n, p)
     return rows, Q, XQ, xp.asarray(keep)
+
+
+def _tangent_spaces_update(c, rows, S, S_old, old):
+    """:func:`_tangent_spaces` for ``S`` from the spaces ``old`` of ``S_old``: rows whose
+    sliding pairs are unchanged are copied, the others computed (the same arithmetic per
+    row, so the result equals a full computation). ``None`` when the widest row no
+    longer fits the old width, or nothing can be reused."""
+    xp = c.xp
+    rows_old, Q_old, XQ_old, keep_old = old
+    p = Q_old.shape[1]
+    if not rows.size or not rows_old.size or int(S[rows].sum(axis=1).max()) > p:
+        return None
+    pos = xp.minimum(xp.searchsorted(rows_old, rows), rows_old.size - 1)
+    same = (rows_old[pos] == rows) & (S[rows] == S_old[rows]).all(axis=1)
+    if not bool(same.any()):
+        return None
+    Q = xp.empty((rows.size, p, Q_old.shape[2]), dtype=Q_old.dtype)
+    XQ = xp.empty((rows.size, XQ_old.shape[1], p), dtype=XQ_old.dtype)
+    keep = xp.empty((rows.size, p), dtype=bool)
+    Q[same], XQ[same], keep[same] = Q_old[pos[same]], XQ_old[pos[same]], keep_old[pos[same]]
+    fresh = ~same
+    if bool(fresh.any()):
+        _, Qf, XQf, keepf = _tangent_spaces(c, rows[fresh], S, width=p)
+        Q[fresh], XQ[fresh], keep[fresh] = Qf, XQf, keepf
+    return rows, Q, XQ, keep
 
 
 def controls(xp, g, S, e, XX, rows_kernel=None):
