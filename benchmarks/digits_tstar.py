@@ -27,6 +27,7 @@ Usage (one thread each; two runs at a time on this 2-core machine)::
         python benchmarks/digits_tstar.py --out out/tstar run gd 0.5
     ... run gd 0.25;  ... run gd 0.125;  ... --t-end 21000 run gd 0.0625
     ... --t-end 19000 run gd 0.03125;  ... run sliding 1e-6;  ... run sliding 1e-7
+    ... --t-end 19000 run auto 1e-6 --atol 1e-9      # fs.solve's defaults
     python benchmarks/digits_tstar.py --out out/tstar report
 
 ``cost TOL DT``
@@ -79,7 +80,8 @@ def run(args):
     if args.method == "gd":
         kw = dict(dt=args.tol, t_end=args.t_end)
     else:
-        kw = dict(rtol=args.tol, atol=args.tol, t_end=args.t_end, stop_at_loss=args.loss)
+        atol = args.tol if args.atol is None else args.atol
+        kw = dict(rtol=args.tol, atol=atol, t_end=args.t_end, stop_at_loss=args.loss)
     t0 = time.perf_counter()
     sol = fs.solve(prob, args.method, save_at=20, snapshots=snaps, progress=args.progress,
                    max_steps=10**8, **kw)
@@ -87,7 +89,8 @@ def run(args):
     st = sol.stats
     print(f"{args.method} {args.tol:g}: {sol.message}; nfev {st.nfev}, njev {st.njev}, "
           f"steps {st.steps}, rejected {st.rejected}, {wall:.1f} s")
-    save_npz(os.path.join(args.out, f"{args.method}_{args.tol:g}.npz"),
+    name = f"{args.method}_{args.tol:g}" + ("" if args.atol is None else f"_atol{args.atol:g}")
+    save_npz(os.path.join(args.out, name + ".npz"),
              method=args.method, tol=args.tol, t=sol.t, loss=sol.loss, wall=wall,
              nfev=st.nfev, njev=st.njev, steps=st.steps, rejected=st.rejected,
              snap_t=np.array([t for t, _ in sol.snapshots]),
@@ -260,6 +263,8 @@ def main(argv=None):
     r = sub.add_parser("run")
     r.add_argument("method")
     r.add_argument("tol", type=float)
+    r.add_argument("--atol", type=float, default=None,
+                   help="atol of an adaptive run (default: TOL; fs.solve's own default is 1e-9)")
     sub.add_parser("report")
     c = sub.add_parser("cost")
     c.add_argument("tol", type=float)

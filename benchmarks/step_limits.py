@@ -38,7 +38,8 @@ from flowsolve.solvers.auto import build_structured
 
 def curvature_rate(lin):
     """``max_k mu_k`` at the linearisation ``lin`` (ReLU family: ``sigma'`` from
-    ``a sigma'`` where ``a != 0``)."""
+    ``a sigma'`` where ``a != 0``; sliding pairs count as ``sigma' = 0``, as in the
+    tangent linearisation)."""
     c = lin.c
     a = c.xp.asarray(lin.a)[:, None]
     g = np.divide(lin.ag, a, out=np.zeros_like(lin.ag), where=a != 0)
