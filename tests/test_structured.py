@@ -1117,3 +1117,31 @@ def test_consistency_bound_holds_and_is_attained():
         lhs = np.sum(lin.cjt(u) ** 2)
         assert lhs <= st._mob_max * n * lam[-1] * np.sum(u ** 2) * (1 + 1e-12)
     assert lhs >= C.min() / C.max() * st._mob_max * n * lam[-1] * (1 - 1e-12)
+
+
+def test_cubic_roots_are_roots():
+    """The event location's root finder (NumPy, and the compiled one where numba is
+    installed): on random cubic Hermite segments with a sign change it returns a point of
+    [0, 1] where the cubic vanishes to rounding (a Newton iteration that converged onto
+    its bracket's end once bisected away from the root: 1e-3 off in the fraction)."""
+    from flowsolve.models.two_layer_structure import cubic_roots
+
+    rng = np.random.default_rng(3)
+    p0 = np.abs(rng.standard_normal(2000)) * rng.choice([-1.0, 1.0], 2000)
+    p1 = -np.sign(p0) * np.abs(rng.standard_normal(2000))
+    d0, d1 = rng.standard_normal((2, 2000))
+    lin = p0 / (p0 - p1)
+
+    def cubic(s):
+        u = 1.0 - s
+        return (1 + 2 * s) * u * u * p0 + s * u * u * d0 + s * s * (3 - 2 * s) * p1 \
+            + s * s * (s - 1) * d1
+
+    scale = np.abs(p0) + np.abs(p1) + np.abs(d0) + np.abs(d1)
+    s = cubic_roots(np, p0, d0, p1, d1, lin)
+    assert ((s >= 0) & (s <= 1)).all()
+    assert (np.abs(cubic(s)) <= 1e-12 * scale).all()
+    nb = pytest.importorskip("flowsolve.backends._nb_switching")
+    s_nb = np.array([nb._cubic_root(*args) for args in zip(p0, d0, p1, d1, lin)])
+    assert (np.abs(cubic(s_nb)) <= 1e-12 * scale).all()
+    np.testing.assert_allclose(s_nb, s, rtol=0, atol=1e-12)

@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ..models.two_layer_structure import MAX_EVENTS_PER_SUBSTEP as _MAX_EVENTS
+
 _EPS = np.finfo(np.float64).eps
 #: reassociation lets LLVM vectorise the dot products over the D inputs (a sum in a loop
 #: is otherwise one serial chain of adds): 3x on the n = 256, D = 65 digits problem
@@ -402,6 +404,85 @@ def _onto_surface(w, X, XX, i):
     return c
 
 
+#: as in the NumPy code (the same algorithm)
+MAX_EVENTS_PER_SUBSTEP = _MAX_EVENTS
+
+
+@njit(cache=True)
+def _cubic_root(p0, d0, p1, d1, s):
+    """The root in ``[0, 1]`` of the cubic Hermite ``p(s)`` through ``p0`` (slope ``d0``)
+    and ``p1`` (slope ``d1``), ``p0 p1 <= 0``: safeguarded Newton from ``s`` (the linear
+    interpolant's root), bisection where a Newton step leaves the bracket."""
+    lo_s, hi_s = 0.0, 1.0
+    for _ in range(8):
+        u = 1.0 - s
+        val = (1 + 2 * s) * u * u * p0 + s * u * u * d0 + s * s * (3 - 2 * s) * p1 \
+            + s * s * (s - 1) * d1
+        if val == 0.0:
+            return s
+        if (val > 0) == (p0 > 0):
+            lo_s = s
+        else:
+            hi_s = s
+        der = 6 * s * (s - 1) * (p0 - p1) + (1 - 4 * s + 3 * s * s) * d0 \
+            + (3 * s * s - 2 * s) * d1
+        if der != 0.0:
+            s_new = s - val / der
+            if abs(s_new - s) <= 1e-13:         # converged (before the bracket test:
+                return s_new                    # s itself may be the bracket's end)
+        else:
+            s_new = -1.0
+        if not (s_new > lo_s and s_new < hi_s):
+            s_new = 0.5 * (lo_s + hi_s)
+        s = s_new
+    return s
+
+
+@njit(cache=True)
+def _first_event(p, q, w1, kw, vs, f_end, ds, S, P, X, xn, last):
+    """The first event pair of a segment of length ``ds`` and its fraction of it:
+    ``(i, f)``, ``(-1, 2.0)`` if none. ``p`` (n,): pre-activations at the start
+    (pairs outside ``S``); fills ``q`` with those at the end (``w1``). A crossing is
+    located on the cubic through both ends' values and rates (``kw[0]`` the input
+    weights' velocity at the start, ``f_end vs[2]`` at the end); an excursion across and
+    back on the quadratic through the start's value and rate and the end's value.
+    ``last``: the pair put on its surface at the segment's start (skipped: it starts at
+    0; should it end on the wrong side, the next substep starts with its event).
+    ``p(s) >= min(p0, p1) - (|b| + |p1 - p0|) / 4`` on the active side (mirrored below),
+    ``|b| <= ds |kw[0]| |x~_i|``: the rate ``b`` is needed only where that bound allows
+    an excursion."""
+    n, D = X.shape
+    vb = 0.0
+    for j in range(D):
+        vb += kw[0, j] * kw[0, j]
+    vb = ds * np.sqrt(vb)
+    first = -1
+    fmin = 2.0
+    for i in range(n):
+        if S[i]:
+            continue
+        p0 = p[i]
+        p1 = _dot_row(w1, X, i)
+        q[i] = p1
+        if i == last:
+            continue
+        if (P[i] == 1.0 and p1 < 0) or (P[i] != 1.0 and p1 > 0):
+            fr = min(max(p0 / (p0 - p1), 0.0), 1.0)
+            d0 = ds * _dot_row(kw[0], X, i)
+            d1 = ds * f_end * _dot_row(vs[2], X, i)
+            fr = _cubic_root(p0, d0, p1, d1, fr)
+        else:                                   # across the surface and back
+            slack = 0.25 * (vb * xn[i] + abs(p1 - p0))
+            if (min(p0, p1) > slack) if P[i] == 1.0 else (max(p0, p1) < -slack):
+                continue
+            fr = _dip(p0, ds * _dot_row(kw[0], X, i), p1, P[i] == 1.0)
+        if fr < fmin:
+            fmin = fr
+            first = i
+    return first, fmin
+
+
+
 @njit(cache=True)
 def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
                 P, e, g, kw, wt, w1, wr, G, xn, p, q, vs, vkey):
@@ -423,42 +504,31 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
         a1 = _rk4(a, w, P, S, R, h, t0, dt, X, XX, ca_n, cw_n, e, g, kw, wt, w1, G, 2 * sub,
                   vs, vkey)
         stages += 4
-        # the first event of the substep: the smallest fraction, interpolated for a
-        # crossing, from the quadratic for an excursion across and back (kw[0]: the
-        # velocity at the substep's start). p(s) >= min(p0, p1) - (|b| + |p1 - p0|) / 4
-        # on the active side (mirrored below), |b| <= dt |kw[0]| |x~_i|: the rate b is
-        # needed only where that bound allows an excursion
-        vb = 0.0
-        for j in range(D):
-            vb += kw[0, j] * kw[0, j]
-        vb = dt * np.sqrt(vb)
-        first = -1
-        fmin = 2.0
-        for i in range(n):
-            if S[i]:
-                continue
-            p0 = p[i]
-            p1 = _dot_row(w1, X, i)
-            q[i] = p1
-            if (P[i] == 1.0 and p1 < 0) or (P[i] != 1.0 and p1 > 0):
-                fr = min(max(p0 / (p0 - p1), 0.0), 1.0)
-            else:                               # across the surface and back
-                slack = 0.25 * (vb * xn[i] + abs(p1 - p0))
-                if (min(p0, p1) > slack) if P[i] == 1.0 else (max(p0, p1) < -slack):
-                    continue
-                fr = _dip(p0, dt * _dot_row(kw[0], X, i), p1, P[i] == 1.0)
-            if fr < fmin:
-                fmin = fr
-                first = i
-        if first >= 0:
+        # the segment [ts, ts + ds] of the substep still to be resolved, from (a, w)
+        ts = t0
+        ds = dt
+        last = -1                               # the pair of the segment's start event
+        for _ in range(MAX_EVENTS_PER_SUBSTEP):
+            # w's velocity at the segment's ends: kw[0] at the start, cw_n a1 v(end)
+            # (vs[2]: v at the end, left by _rk4) for the cubic through both ends
+            f_end = cw_n * a1
+            first, fmin = _first_event(p, q, w1, kw, vs, f_end, ds, S, P, X, xn, last)
+            if first < 0:
+                break
             f = fmin
             i = first
             vkey[0] = -1                        # the pattern changes: v is stale
-            ar = _rk4(a, w, P, S, R, h, t0, f * dt, X, XX, ca_n, cw_n, e, g, kw, wt, wr,
+            ar = _rk4(a, w, P, S, R, h, ts, f * ds, X, XX, ca_n, cw_n, e, g, kw, wt, wr,
                       G, -1, vs, vkey)
             _onto_surface(wr, X, XX, i)
+            # the other pairs' pattern from their signs there (putting the neuron on
+            # surface i moves them too: one that sat on its own surface may change side)
+            for i2 in range(n):
+                if not S[i2] and i2 != i:
+                    p[i2] = _dot_row(wr, X, i2)
+                    P[i2] = 1.0 if p[i2] > 0 else lo
             # slide or cross: the equivalent control with pair i free
-            tm = t0 + f * dt
+            tm = ts + f * ds
             _herm(R, h, tm, e)
             for i2 in range(n):
                 g[i2] = 0.0 if (S[i2] or i2 == i) else P[i2]
@@ -469,11 +539,17 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
                 S[i] = False
                 P[i] = lo if P[i] == 1.0 else 1.0
             for j in range(D):
-                wt[j] = wr[j]
-            a1 = _rk4(ar, wt, P, S, R, h, tm, (1.0 - f) * dt, X, XX, ca_n, cw_n,
-                      e, g, kw, wr, w1, G, -1, vs, vkey)
+                w[j] = wr[j]
+            a = ar
+            ts = tm
+            ds = (1.0 - f) * ds
+            a1 = _rk4(a, w, P, S, R, h, ts, ds, X, XX, ca_n, cw_n,
+                      e, g, kw, wt, w1, G, -1, vs, vkey)
             stages += 8
-            # later crossings inside the same substep: follow the sign at its end
+            p[i] = 0.0
+            last = i
+        else:
+            # more events than MAX_EVENTS_PER_SUBSTEP: the rest follow the sign at the end
             for i2 in range(n):
                 if not S[i2]:
                     q[i2] = _dot_row(w1, X, i2)

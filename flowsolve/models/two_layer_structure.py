@@ -438,6 +438,49 @@ def _dip_roots(xp, p0, b, p1, up):
     return xp.where(dip, xp.clip(root, 0.0, 1.0), 2.0)
 
 
+#: switching events located one after another inside one RK4 substep of
+#: :meth:`Switching.integrate_neurons` (per neuron); beyond that the rest of the substep's
+#: crossings take the sign at its end (the compiled kernel uses the same number)
+MAX_EVENTS_PER_SUBSTEP = 8
+
+
+def cubic_roots(xp, p0, d0, p1, d1, s):
+    """Roots in ``[0, 1]`` of the cubic Hermite ``p(s)`` through ``p0`` (slope ``d0``, per
+    unit ``s``) at 0 and ``p1`` (slope ``d1``) at 1, where ``p0 p1 <= 0`` (arrays of one
+    shape): safeguarded Newton from ``s`` (the linear interpolant's root), bisection
+    where a Newton step leaves the bracket, 8 iterations (stopping where a step moves
+    ``s`` by <= 1e-13). A crossing located on the linear interpolant is off by
+    ``O(dt^2)`` in time, and every crossing leaves that error times the jump of the
+    velocity in the neuron; on the cubic through both ends' values and rates it is
+    ``O(dt^4)`` (docs/benchmarks.md, session 24)."""
+    s = s.copy()
+    lo_s = xp.zeros_like(s)
+    hi_s = xp.ones_like(s)
+    live = xp.ones(s.shape, dtype=bool)
+    pos = p0 > 0
+    for _ in range(8):
+        u = 1.0 - s
+        val = ((1 + 2 * s) * u * u * p0 + s * u * u * d0 + s * s * (3 - 2 * s) * p1
+               + s * s * (s - 1) * d1)
+        live &= val != 0.0
+        same = (val > 0) == pos
+        lo_s = xp.where(live & same, s, lo_s)
+        hi_s = xp.where(live & ~same, s, hi_s)
+        der = (6 * s * (s - 1) * (p0 - p1) + (1 - 4 * s + 3 * s * s) * d0
+               + (3 * s * s - 2 * s) * d1)
+        ok = der != 0.0
+        newton = s - val / xp.where(ok, der, 1.0)
+        done = ok & (xp.abs(newton - s) <= 1e-13)      # before the bracket test: s may
+        s_new = xp.where(ok & (newton > lo_s) & (newton < hi_s), newton,   # be its end
+                         0.5 * (lo_s + hi_s))
+        s_new = xp.where(done, newton, s_new)
+        s = xp.where(live, s_new, s)
+        live &= ~done
+        if not live.any():
+            break
+    return s
+
+
 def compact(xp, B):
     """A sparse bool matrix ``B`` (M, n) as ``(rows, B[rows])``: the rows with a True
     entry (r,), sorted, and those rows (r, n)."""
@@ -873,6 +916,42 @@ class Switching:
         w1 = w + (dt / 6.0)[:, None] * (k1[1] + 2 * k2[1] + 2 * k3[1] + k4[1])
         return a1, w1, k1[1]
 
+    def _first_events(self, a1, w, w1, dw0, P, S, e_of, ts, ds, last, rows):
+        """The first event of each neuron ``rows`` in its segment ``[ts, ts + ds]`` (from
+        ``w`` to ``w1``, ``a1`` at the end, ``dw0`` the input weights' velocity at the
+        start): ``(rows, found (r,) bool, pair (r,), fraction of the segment (r,))``.
+        A crossing is located on the cubic through both ends' pre-activations and rates
+        (:func:`cubic_roots`), an excursion across and back on the quadratic through the
+        start's value and rate and the end's value (:func:`dip_fraction`); the pair
+        ``last`` (put on its surface at the segment's start) is skipped."""
+        c = self.c
+        xp = c.xp
+        r = rows.size
+        idx = xp.arange(r)
+        Pr, Sr = P[rows], S[rows].copy()
+        has_last = last[rows] >= 0
+        Sr[idx[has_last], last[rows][has_last]] = True          # skipped like S
+        pre0, pre1 = w[rows] @ c.XtT, w1[rows] @ c.XtT
+        cross = ~Sr & (((Pr == 1.0) & (pre1 < 0)) | ((Pr != 1.0) & (pre1 > 0)))
+        d0 = (dw0[rows] @ c.XtT) * ds[rows][:, None]
+        dip = dip_fraction(xp, pre0, d0, pre1, Pr)
+        dip = xp.where(Sr | cross, 2.0, dip)
+        frac = xp.where(cross, 2.0, dip)
+        ck, ci = xp.nonzero(cross)
+        if ck.size:
+            # the input weights' velocity at the segment's ends, for the cubic
+            rk = rows[xp.unique(ck)]
+            _, dw1 = self._neuron_rhs(a1[rk], w1[rk], P[rk], S[rk], e_of(ts[rk] + ds[rk]))
+            d1 = xp.zeros((r, c.D), dtype=w.dtype)
+            d1[xp.unique(ck)] = dw1
+            p0, p1 = pre0[ck, ci], pre1[ck, ci]
+            lin = xp.clip(p0 / (p0 - p1), 0.0, 1.0)
+            d1p = (d1[ck] * c.Xt[ci]).sum(axis=1) * ds[rows][ck]
+            frac[ck, ci] = cubic_roots(xp, p0, d0[ck, ci], p1, d1p, lin)
+        i = xp.argmin(frac, axis=1)
+        f = frac[idx, i]
+        return rows, f <= 1.0, i, f
+
     def integrate_neurons(self, a, w, S, e_of, h, substeps=8):
         """Integrate a few neurons through their switching events over ``[0, h]``.
 
@@ -927,24 +1006,30 @@ class Switching:
             t0 = sub * h / substeps
             a1, w1, dw0 = self._rk4(a, w, P, S, e_of, t0, dt)
             stages += 4 * q
-            pre0, pre1 = w @ c.XtT, w1 @ c.XtT
-            cross = ~S & (((P == 1.0) & (pre1 < 0)) | ((P != 1.0) & (pre1 > 0)))
-            # excursions across a surface and back inside the substep
-            dip = dip_fraction(xp, pre0, (dw0 @ c.XtT) * dt[:, None], pre1, P)
-            dip = xp.where(S | cross, 2.0, dip)
-            rows = xp.nonzero((cross | (dip <= 1.0)).any(axis=1))[0]
-            if rows.size:
-                frac = xp.clip(pre0[rows] / xp.where(cross[rows], pre0[rows] - pre1[rows],
-                                                     1.0), 0.0, 1.0)
-                frac = xp.where(cross[rows], frac, dip[rows])   # the first event pair
-                i = xp.argmin(frac, axis=1)
-                f = frac[xp.arange(rows.size), i]
+            # the segments [ts, ts + ds] of the substep still to be resolved, from (a, w)
+            ts, ds = xp.full(q, t0), dt.copy()
+            last = xp.full(q, -1)               # the pair of the segment's start event
+            active = xp.arange(q)               # neurons whose segment may hold events
+            for _ in range(MAX_EVENTS_PER_SUBSTEP):
+                if active.size == 0:
+                    break
+                rows, found, i, f = self._first_events(a1, w, w1, dw0, P, S, e_of, ts, ds,
+                                                       last, active)
+                if not found.any():
+                    active = rows[:0]
+                    break
+                rows, i, f = rows[found], i[found], f[found]
                 Pr, Sr = P[rows], S[rows]
-                ar, wr, _ = self._rk4(a[rows], w[rows], Pr, Sr, e_of, t0, f * dt[rows])
+                ar, wr, _ = self._rk4(a[rows], w[rows], Pr, Sr, e_of, ts[rows], f * ds[rows])
                 X = c.Xt[i]
                 wr -= ((wr * X).sum(axis=1) / XXd[i])[:, None] * X    # onto the surface
+                # the other pairs' pattern from their signs there (putting the neuron on
+                # surface i moves them too: one that sat on its surface may change side)
+                other = ~Sr
+                other[xp.arange(rows.size), i] = False
+                Pr = xp.where(other, xp.where(wr @ c.XtT > 0, 1.0, lo), Pr)
                 # slide or cross: the equivalent control with pair i free
-                tm = t0 + f * dt[rows]
+                tm = ts[rows] + f * ds[rows]
                 Stry = Sr.copy()
                 Stry[xp.arange(rows.size), i] = True
                 g = xp.where(Stry, 0.0, Pr)
@@ -955,12 +1040,16 @@ class Switching:
                 flip = ~slide
                 Pr[xp.arange(rows.size)[flip], i[flip]] = xp.where(
                     Pr[xp.arange(rows.size)[flip], i[flip]] == 1.0, lo, 1.0)
-                ar, wr, _ = self._rk4(ar, wr, Pr, Sr, e_of, tm, (1.0 - f) * dt[rows])
+                dsr = (1.0 - f) * ds[rows]
+                ar1, wr1, dwr = self._rk4(ar, wr, Pr, Sr, e_of, tm, dsr)
                 stages += 8 * rows.size
-                a1[rows], w1[rows], P[rows], S[rows] = ar, wr, Pr, Sr
-                # later crossings inside the same substep: follow the sign at its end
-                pre1r = wr @ c.XtT
-                P[rows] = xp.where(S[rows], P[rows], xp.where(pre1r > 0, 1.0, lo))
+                a[rows], w[rows], P[rows], S[rows] = ar, wr, Pr, Sr
+                a1[rows], w1[rows], dw0[rows] = ar1, wr1, dwr
+                ts[rows], ds[rows], last[rows] = tm, dsr, i
+                active = rows
+            if active.size:     # more events than that: the rest follow the sign at the end
+                pre1r = w1[active] @ c.XtT
+                P[active] = xp.where(S[active], P[active], xp.where(pre1r > 0, 1.0, lo))
             a, w = a1, w1
             # release sliding pairs whose control left [lo, 1]
             if S.any():
