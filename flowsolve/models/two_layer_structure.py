@@ -958,14 +958,17 @@ class Switching:
         The residual is a given function of time ``e_of(tau)`` (n,) (a
         :class:`StepResidual`: the neurons' feedback on ``e`` is neglected within the
         step). In each of ``substeps`` RK4 substeps the activation pattern is frozen; the
-        first crossing ``w_k . x~_i = 0`` of a neuron inside a substep is located by
-        linear interpolation of the pre-activation (or, for an excursion across the
+        first crossing ``w_k . x~_i = 0`` of a neuron inside a substep is located on the
+        cubic through the pre-activation's values and rates at the substep's ends
+        (:func:`cubic_roots`; or, for an excursion across the
         surface and back that the substep's ends do not show, by the quadratic through
         the start's value and rate and the end's value: :func:`dip_fraction`), the
         neuron is stepped to it, put on
         the surface, and either slides (the equivalent control lies in ``[lo, 1]``:
-        attractive surface) or crosses (pattern flipped); the rest of the substep follows
-        with the new pattern. Sliding pairs whose control leaves ``[lo, 1]`` are released
+        attractive surface) or crosses (pattern flipped); the rest of the substep is
+        re-stepped with the new pattern and searched for its next event, up to
+        :data:`MAX_EVENTS_PER_SUBSTEP` events (then the rest take the sign at the
+        substep's end). Sliding pairs whose control leaves ``[lo, 1]`` are released
         at the end of a substep, to the side their velocity points to.
 
         Parameters

@@ -13,7 +13,7 @@ chatters along it at a cost ~ 1/tol. This stepper
    pre-activation changed sign between the step's ends, or a sliding pair whose control
    left ``[sigma'(0-), 1]``;
 3. re-integrates only the event neurons through their events (the model's
-   ``integrate_neurons``: per-neuron event location by linear interpolation, crossing vs
+   ``integrate_neurons``: per-neuron event location on a cubic, crossing vs
    sliding decided by the equivalent control, releases) against a cubic Hermite
    interpolant of the residual over the step, batching every event of the step;
 4. controls the error of the other components with the embedded estimate (the event
