@@ -1145,3 +1145,58 @@ def test_cubic_roots_are_roots():
     s_nb = np.array([nb._cubic_root(*args) for args in zip(p0, d0, p1, d1, lin)])
     assert (np.abs(cubic(s_nb)) <= 1e-12 * scale).all()
     np.testing.assert_allclose(s_nb, s, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_event_reintegration_converges_fast_in_its_substeps(compiled):
+    """300 neurons through a long step (h = 1000) of a given residual, ~30 of them
+    crossing several surfaces: against 1024 substeps, the neurons that slide in none of
+    the runs are
+    within 1e-2 at 16 substeps, and halving the substep divides their error by > 8
+    (crossings located on the cubic through both ends' values and rates, each event of
+    a substep in turn). Locating only a substep's first crossing, on the linear
+    interpolant, gave 1.07 -> 0.20 (NumPy) and 2.7 -> 2.5 (compiled) at 8 -> 16."""
+    from flowsolve.models.two_layer_structure import StepResidual
+
+    m, n = 300, 6
+    data = fs.datasets.smooth(n, d=1, seed=2)
+    model = fs.TwoLayer(m, fs.Scaling.from_gammas(1.2, 0.1, m), asi=False)
+    if compiled:
+        pytest.importorskip("numba")
+        from flowsolve.backends.numba_backend import NumbaBackend
+        sw = model.make_switching(np, data, np.float64, kernels=NumbaBackend().switching_kernels(
+            model, data, np.float64))
+    else:
+        sw = model.make_switching(np, data, np.float64)
+    y = fs.Problem(model, data, seed=4).y0_host
+    a, w = y[:m], y[m:].reshape(m, 2)
+    S = np.zeros((m, n), dtype=bool)
+    rng = np.random.default_rng(1)
+    e0, r0 = rng.standard_normal(n), 0.3 * rng.standard_normal(n)
+    h = 1000.0
+    e_of = StepResidual(np, e0, r0, e0 + r0, r0, h)
+    out = {k: sw.integrate_neurons(a, w, S, e_of, h, k) for k in (8, 16, 1024)}
+    free = ~(out[8][2] | out[16][2] | out[1024][2]).any(axis=1)      # never slide
+    assert free.sum() > 250
+    crossed = free & ((w @ sw.c.XtT > 0) != (out[1024][1] @ sw.c.XtT > 0)).any(axis=1)
+    assert crossed.sum() >= 20
+    err = {k: np.abs(out[k][1] - out[1024][1])[free].max() for k in (8, 16)}
+    assert err[16] < 1e-2
+    assert err[8] > 8 * err[16]
+
+
+def test_event_substeps_option():
+    """``solve(..., event_substeps=k)`` reaches the re-integration (more substeps, more
+    work counted; the default is 8); bad values are refused by name."""
+    m = 60
+    prob = fs.Problem(fs.TwoLayer(m, fs.Scaling.from_gammas(1.75, 0.0, m)),
+                      fs.datasets.four_points(), seed=0)
+    kw = dict(t_end=2e4, save_at=[0.0], rtol=1e-6, atol=1e-6)
+    runs = {k: fs.solve(prob, "sliding", event_substeps=k, **kw) for k in (2, 8, 64)}
+    assert runs[2].stats.extra["event_neurons"] > 0
+    assert runs[64].stats.extra["event_rhs_equiv"] > runs[2].stats.extra["event_rhs_equiv"]
+    assert fs.solve(prob, "sliding", **kw).stats.njev == runs[8].stats.njev    # default 8
+    with pytest.raises(fs.ConfigError, match="event_substeps must be a positive integer"):
+        fs.solve(prob, "sliding", event_substeps=0, **kw)
+    with pytest.raises(fs.ConfigError, match="event_substeps is for.*'dopri5'"):
+        fs.solve(prob, "dopri5", event_substeps=8, **kw)

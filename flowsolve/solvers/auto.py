@@ -173,9 +173,10 @@ def _switching(problem):
 
 
 def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=None,
-                     status_enum=None, t_end=None, stop_at_loss=None):
+                     status_enum=None, t_end=None, stop_at_loss=None, event_substeps=None):
     """The stepper for one of :data:`STRUCTURED` (``method_name`` says which ran;
-    ``t_end`` and ``stop_at_loss`` inform ``auto``'s choice)."""
+    ``t_end`` and ``stop_at_loss`` inform ``auto``'s choice; ``event_substeps``: RK4
+    substeps of the event re-integration, default 8)."""
     if method not in STRUCTURED:
         raise ConfigError(f"unknown structured method {method!r}; expected one of "
                           f"{list(STRUCTURED)}")
@@ -183,6 +184,7 @@ def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=
                  else (method, "requested"))
     be = problem.backend
     model, data = problem.model, problem.data
+    sub_kw = {} if event_substeps is None else {"substeps": int(event_substeps)}
     if name in ("expgn2", "expgn3"):
         if not hasattr(model, "make_jacobian"):
             raise ConfigError(f"method {name!r} needs a model with make_jacobian, got "
@@ -196,7 +198,7 @@ def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=
                           problem.rhs_into,
                           be, problem.y0, rtol=rtol, atol=atol, dt=first_step,
                           error_ref=error_ref, status_enum=status_enum, switching=sw,
-                          tableau=name)
+                          tableau=name, **sub_kw)
     elif name == "sliding":
         if not hasattr(model, "make_switching"):
             raise ConfigError(f"method 'sliding' needs a model with make_switching, got "
@@ -207,7 +209,7 @@ def build_structured(method, problem, *, rtol, atol, first_step=None, error_ref=
             raise ConfigError(f"method 'sliding': {exc}") from None
         from .sliding import SlidingStepper
         st = SlidingStepper(sw, be, problem.y0, rtol=rtol, atol=atol, dt=first_step,
-                            error_ref=error_ref, status_enum=status_enum)
+                            error_ref=error_ref, status_enum=status_enum, **sub_kw)
     else:
         from .rk import RKStepper
         from .tableaus import get_tableau

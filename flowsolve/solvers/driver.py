@@ -121,7 +121,8 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
           atol: float = 1e-9, t_end: float | None = None, save_at=None,
           stop_at_loss: float | None = None, max_steps: int = 1_000_000, progress=None,
           dt: float | None = None, lr: float | None = None, first_step: float | None = None,
-          snapshots=None, error_norm: str = "state") -> Solution:
+          snapshots=None, error_norm: str = "state",
+          event_substeps: int | None = None) -> Solution:
     """Integrate the normalised gradient flow of ``problem``.
 
     Parameters
@@ -168,6 +169,13 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
     error_norm : {"state", "displacement"}
         Scale the local error by ``|y|`` (standard) or by the displacement ``|y - y0|``
         (tight control of small motions in the linear regime).
+    event_substeps : int, optional
+        ReLU-family models with ``"sliding"``, ``"expgn2"``, ``"expgn3"`` (or ``"auto"``
+        choosing one): RK4 substeps per step of the event neurons' re-integration
+        (default 8; ``"expgn2"``/``"expgn3"`` take that many per ``1/lambda_max`` of the
+        step). Its error is not seen by the step's error estimate (docs/nonsmooth.md),
+        so tight references on problems with many events take more (32 for the
+        condensed digits references of docs/benchmarks.md, session 24).
 
     Returns
     -------
@@ -190,6 +198,11 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
     max_steps = positive_int("max_steps", max_steps)
     if error_norm not in ("state", "displacement"):
         raise ConfigError(f"error_norm must be 'state' or 'displacement', got {error_norm!r}")
+    if event_substeps is not None:
+        event_substeps = positive_int("event_substeps", event_substeps)
+        if method not in STRUCTURED:
+            raise ConfigError(f"event_substeps is for the structured methods "
+                              f"{list(STRUCTURED)}, got method {method!r}")
     save_times = _save_times(save_at, t_end)
     snap_times = _snapshot_times(snapshots, t_end)
 
@@ -216,7 +229,8 @@ def solve(problem, method: str = "auto", *, backend=None, rtol: float = 1e-6,
     elif method in STRUCTURED:
         stepper = build_structured(method, problem, rtol=rtol, atol=atol, first_step=first_step,
                                    error_ref=problem.y0 if error_norm == "displacement" else None,
-                                   status_enum=Status, t_end=t_end, stop_at_loss=stop_at_loss)
+                                   status_enum=Status, t_end=t_end, stop_at_loss=stop_at_loss,
+                                   event_substeps=event_substeps)
         mode = "interpolate" if getattr(stepper, "has_dense", False) else "clip"
     else:
         tab = get_tableau("euler" if method == "gd" else method)
