@@ -16,6 +16,8 @@ Usage::
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/digits_horizon.py --width 1000
     ... --gamma 1 --t-end 300 --ref-tol 1e-12 --tols 1e-8 1e-9 --gd-steps 2048 4096
+    ... --gamma 1.75 --t-end 1e6 --methods sliding --tols 1e-6 1e-7 1e-8 --ref-tol 1e-9 \
+        --ref-substeps 32 --gd-steps 4000 16000 64000       # the condensed regime
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def main(argv=None):
     ap.add_argument("--gd-steps", nargs="+", type=int, default=None,
                     help="GD step counts (instead of --gd-factors)")
     ap.add_argument("--ref-tol", type=float, default=1e-11)
+    ap.add_argument("--ref-substeps", type=int, default=None,
+                    help="RK4 substeps of the reference's event re-integration "
+                         "(solve's event_substeps; default 8)")
     ap.add_argument("--ref-cache", default=None)
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args(argv)
@@ -50,6 +55,7 @@ def main(argv=None):
                       data, seed=0, backend="numba")
 
     def run(method, tol=None, **kw):
+        kw = {k: v for k, v in kw.items() if v is not None}
         t = time.perf_counter()
         s = fs.solve(prob, method, t_end=tend, save_at=[0.0], progress=False, rtol=tol or 1e-3,
                      atol=tol or 1e-3, max_steps=10**7, **kw)
@@ -59,8 +65,8 @@ def main(argv=None):
         y_ref = np.load(args.ref_cache)
         print(f"# reference: {args.ref_cache}")
     else:
-        ref, w = run("sliding", args.ref_tol)
-        loose, _ = run("sliding", 10 * args.ref_tol)
+        ref, w = run("sliding", args.ref_tol, event_substeps=args.ref_substeps)
+        loose, _ = run("sliding", 10 * args.ref_tol, event_substeps=args.ref_substeps)
         y_ref = ref.y_final
         print(f"# reference: sliding at {args.ref_tol:g}, "
               f"{ref.stats.nfev + ref.stats.njev} RHS-eq, {w:.1f} s; distance to "
