@@ -114,7 +114,8 @@ def choose(problem, t_end: float | None = None,
       measured except m = 1e5, gamma = 0.5 at error 1e-4 (a tie with plain dopri5 and
       GD there); on digits, at errors ~1e-3, it is level with GD in wall time in the
       linear regime (1.0-1.2x) and 2.3x ahead in the critical regime, and further
-      ahead at smaller errors (session 15 tables);
+      ahead at smaller errors (session 15 tables); in the condensed regime on digits
+      (gamma = 1.75, 2) ~30x ahead in wall time at relative error 1e-4 (session 24);
     - smooth activations: ``"expgn3"`` where the horizon spans many of the kernel's time
       scales (``lambda_max(K/n) t_end >=`` :data:`STIFF_HORIZON` at initialisation, or
       no finite ``t_end``): stiffness from the kernel's spectrum is what limits explicit
