@@ -934,20 +934,17 @@ class Switching:
         pre0, pre1 = w[rows] @ c.XtT, w1[rows] @ c.XtT
         cross = ~Sr & (((Pr == 1.0) & (pre1 < 0)) | ((Pr != 1.0) & (pre1 > 0)))
         d0 = (dw0[rows] @ c.XtT) * ds[rows][:, None]
-        dip = dip_fraction(xp, pre0, d0, pre1, Pr)
-        dip = xp.where(Sr | cross, 2.0, dip)
-        frac = xp.where(cross, 2.0, dip)
+        frac = xp.where(Sr | cross, 2.0, dip_fraction(xp, pre0, d0, pre1, Pr))  # excursions
         ck, ci = xp.nonzero(cross)
         if ck.size:
             # the input weights' velocity at the segment's ends, for the cubic
-            rk = rows[xp.unique(ck)]
+            ku, inv = xp.unique(ck, return_inverse=True)
+            rk = rows[ku]
             _, dw1 = self._neuron_rhs(a1[rk], w1[rk], P[rk], S[rk], e_of(ts[rk] + ds[rk]))
-            d1 = xp.zeros((r, c.D), dtype=w.dtype)
-            d1[xp.unique(ck)] = dw1
             p0, p1 = pre0[ck, ci], pre1[ck, ci]
             lin = xp.clip(p0 / (p0 - p1), 0.0, 1.0)
-            d1p = (d1[ck] * c.Xt[ci]).sum(axis=1) * ds[rows][ck]
-            frac[ck, ci] = cubic_roots(xp, p0, d0[ck, ci], p1, d1p, lin)
+            d1 = (dw1[inv] * c.Xt[ci]).sum(axis=1) * ds[rows][ck]
+            frac[ck, ci] = cubic_roots(xp, p0, d0[ck, ci], p1, d1, lin)
         i = xp.argmin(frac, axis=1)
         f = frac[idx, i]
         return rows, f <= 1.0, i, f
