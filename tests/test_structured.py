@@ -1200,3 +1200,49 @@ def test_event_substeps_option():
         fs.solve(prob, "sliding", event_substeps=0, **kw)
     with pytest.raises(fs.ConfigError, match="event_substeps is for.*'dopri5'"):
         fs.solve(prob, "dopri5", event_substeps=8, **kw)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_relu_neuron_sliding_into_w_zero_is_dead_as_gd_leaves_it(compiled):
+    """A ReLU neuron sliding along one surface of the four points towards ``w = 0``, the
+    point common to all four (a residual held fixed: the surface attracts, theta = 0.57),
+    ends there dead: ``w = 0`` exactly, no sliding pair, and another step leaves it so.
+    Gradient descent on the same neuron ends in the dead cone too (every pre-activation
+    <= 0, ``|w| = O(dt)``, ``a`` converging at first order to the re-integration's).
+    Before, the neuron kept two surfaces with the other pairs' pattern set by the
+    rounding of ``w`` (~1e-19), and a later release could send it off on an active side
+    (four points, m = 1e4, gamma = 1: two tolerances 0.08 apart at T*)."""
+    from flowsolve.models.two_layer_structure import StepResidual
+
+    data = fs.datasets.four_points()
+    model = fs.TwoLayer(1, fs.Scaling.from_gammas(1.0, 0.0, 1), asi=False)
+    if compiled:
+        pytest.importorskip("numba")
+        from flowsolve.backends.numba_backend import NumbaBackend
+        sw = model.make_switching(np, data, np.float64, kernels=NumbaBackend().switching_kernels(
+            model, data, np.float64))
+    else:
+        sw = model.make_switching(np, data, np.float64)
+    X = sw.c.Xt
+    e = np.array([2.0, -2.0, 0.0, 1.0])
+    a, w = np.array([1.0]), np.array([[0.02, 0.01]])       # on surface 0, the rest active
+    S = np.array([[True, False, False, False]])
+    _, dw, theta = sw.sliding_velocities(a, w, S, e)
+    assert 0 < theta[0, 0] < 1 and (dw @ w.T)[0, 0] < 0     # slides towards w = 0
+    h = 3 * np.linalg.norm(w) / np.linalg.norm(dw)          # it gets there at h / 3
+    e_of = StepResidual(np, e, 0 * e, e, 0 * e, h)
+    a1, w1, S1, _ = sw.integrate_neurons(a, w, S, e_of, h, 16)
+    assert (w1 == 0).all() and not S1.any()
+    a2, w2, S2, _ = sw.integrate_neurons(a1, w1, S1, e_of, h, 16)
+    assert (w2 == 0).all() and not S2.any() and a2[0] == a1[0]
+    _, ca, cw, _ = model.coefficients()
+    errs = []
+    for dt in (h / 150, h / 600, h / 2400):
+        ag, wg = a[0], w[0].copy()
+        for _ in range(round(h / dt)):
+            pre = X @ wg
+            ag, wg = (ag - dt * ca / 4 * (np.maximum(pre, 0) @ e),
+                      wg - dt * cw / 4 * ag * (((pre > 0) * e) @ X))
+        assert (X @ wg <= 0).all() and np.linalg.norm(wg) < 10 * dt * np.linalg.norm(dw)
+        errs.append(abs(ag - a1[0]))
+    assert errs[0] > 3 * errs[1] > 9 * errs[2]

@@ -404,6 +404,34 @@ def _onto_surface(w, X, XX, i):
     return c
 
 
+@njit(cache=True)
+def _spans_space(S, X):
+    """``two_layer_structure.spans_space`` for one neuron: whether the inputs of its
+    pairs ``S`` (n,) span ``R^D`` (then ``w = 0`` on all of their surfaces); the rank
+    by SVD with ``matrix_rank``'s threshold."""
+    n, D = X.shape
+    p = 0
+    for i in range(n):
+        if S[i]:
+            p += 1
+    if p < D:
+        return False
+    A = np.empty((p, D))
+    r = 0
+    for i in range(n):
+        if S[i]:
+            for j in range(D):
+                A[r, j] = X[i, j]
+            r += 1
+    sv = np.linalg.svd(A)[1]
+    tol = sv[0] * max(p, D) * _EPS
+    rank = 0
+    for j in range(sv.shape[0]):
+        if sv[j] > tol:
+            rank += 1
+    return rank == D
+
+
 #: as in the NumPy code (the same algorithm)
 MAX_EVENTS_PER_SUBSTEP = _MAX_EVENTS
 
@@ -535,9 +563,18 @@ def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
             S[i] = True
             _controls(g, S, e, XX)
             th = g[i]
+            # at w = 0, the common point of all its surfaces (ReLU): dead
+            dead = lo == 0.0 and _spans_space(S, X)
             if not (th >= lo and th <= 1.0):
                 S[i] = False
                 P[i] = lo if P[i] == 1.0 else 1.0
+            if dead:
+                for j in range(D):
+                    wr[j] = 0.0
+                for i2 in range(n):
+                    S[i2] = False
+                    P[i2] = lo
+                    p[i2] = 0.0
             for j in range(D):
                 w[j] = wr[j]
             a = ar

@@ -388,6 +388,19 @@ def controls(xp, g, S, e, XX, rows_kernel=None):
     return theta
 
 
+def spans_space(xp, Xt, S):
+    """Rows of ``S`` (q, n) bool whose pairs' inputs ``x~_i`` span all of ``R^D`` (q,)
+    bool: a neuron on all of those surfaces has ``w = 0`` (the common point of every
+    switching surface; docs/nonsmooth.md, "Neurons that reach w = 0"). Needs at least
+    ``D`` pairs, so it is rare beyond the 1-D problems; the rank by SVD as
+    ``matrix_rank``."""
+    D = Xt.shape[1]
+    out = xp.zeros(S.shape[0], dtype=bool)
+    for k in xp.nonzero(S.sum(axis=1) >= D)[0].tolist():
+        out[k] = int(xp.linalg.matrix_rank(Xt[S[k]])) == D
+    return out
+
+
 def _controls_on_rows(xp, g, S, e, XX, rows_kernel):
     """:func:`controls` by ``rows_kernel`` on the rows with sliding pairs only; returns
     ``(rows (r,), theta[rows] (r, n))``."""
@@ -1040,6 +1053,10 @@ class Switching:
                 flip = ~slide
                 Pr[xp.arange(rows.size)[flip], i[flip]] = xp.where(
                     Pr[xp.arange(rows.size)[flip], i[flip]] == 1.0, lo, 1.0)
+                if lo == 0.0:   # at w = 0, the common point of all its surfaces: dead
+                    dead = spans_space(xp, c.Xt, Stry)
+                    if dead.any():
+                        wr[dead], Sr[dead], Pr[dead] = 0.0, False, lo
                 dsr = (1.0 - f) * ds[rows]
                 ar1, wr1, dwr = self._rk4(ar, wr, Pr, Sr, e_of, tm, dsr)
                 stages += 8 * rows.size
