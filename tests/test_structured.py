@@ -1147,6 +1147,17 @@ def test_cubic_roots_are_roots():
     np.testing.assert_allclose(s_nb, s, rtol=0, atol=1e-12)
 
 
+def _switching(model, data, compiled):
+    """The model's switching structure on NumPy arrays, with the numba backend's
+    compiled kernels when ``compiled`` (skipped without numba)."""
+    if not compiled:
+        return model.make_switching(np, data, np.float64)
+    pytest.importorskip("numba")
+    from flowsolve.backends.numba_backend import NumbaBackend
+    kernels = NumbaBackend().switching_kernels(model, data, np.float64)
+    return model.make_switching(np, data, np.float64, kernels=kernels)
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_event_reintegration_converges_fast_in_its_substeps(compiled):
     """300 neurons through a long step (h = 1000) of a given residual, ~30 of them
@@ -1161,13 +1172,7 @@ def test_event_reintegration_converges_fast_in_its_substeps(compiled):
     m, n = 300, 6
     data = fs.datasets.smooth(n, d=1, seed=2)
     model = fs.TwoLayer(m, fs.Scaling.from_gammas(1.2, 0.1, m), asi=False)
-    if compiled:
-        pytest.importorskip("numba")
-        from flowsolve.backends.numba_backend import NumbaBackend
-        sw = model.make_switching(np, data, np.float64, kernels=NumbaBackend().switching_kernels(
-            model, data, np.float64))
-    else:
-        sw = model.make_switching(np, data, np.float64)
+    sw = _switching(model, data, compiled)
     y = fs.Problem(model, data, seed=4).y0_host
     a, w = y[:m], y[m:].reshape(m, 2)
     S = np.zeros((m, n), dtype=bool)
@@ -1216,13 +1221,7 @@ def test_relu_neuron_sliding_into_w_zero_is_dead_as_gd_leaves_it(compiled):
 
     data = fs.datasets.four_points()
     model = fs.TwoLayer(1, fs.Scaling.from_gammas(1.0, 0.0, 1), asi=False)
-    if compiled:
-        pytest.importorskip("numba")
-        from flowsolve.backends.numba_backend import NumbaBackend
-        sw = model.make_switching(np, data, np.float64, kernels=NumbaBackend().switching_kernels(
-            model, data, np.float64))
-    else:
-        sw = model.make_switching(np, data, np.float64)
+    sw = _switching(model, data, compiled)
     X = sw.c.Xt
     e = np.array([2.0, -2.0, 0.0, 1.0])
     a, w = np.array([1.0]), np.array([[0.02, 0.01]])       # on surface 0, the rest active
