@@ -15,6 +15,9 @@ Gradient descent runs at ``dt = T*/N`` (N steps land exactly on T*), N doubling 
 up to the step budget; its error is first order in the learning rate, so the steps it needs
 for a target error are extrapolated from its finest run with ``err = c dt`` when the
 target is out of reach (favourable to GD where its measured rate is worse), marked ``~``.
+Where GD's last halving did not cut its error by 1.5x it is not yet in that regime
+(e.g. short of a graze: its error stays, then drops), and only its finest run is given,
+as a lower bound, marked ``>``.
 
 Usage::
 
@@ -75,14 +78,20 @@ def gd_points(prob, T, y_ref, max_steps, time_budget):
 
 
 def gd_cost(pts, target):
-    """Steps and wall time GD needs for ``target`` (measured, or extrapolated: '~')."""
+    """Steps and wall time GD needs for ``target``: measured (mark ''); extrapolated
+    at first order from its finest run ('~') where its last halving of the step cut
+    the error by >= 1.5x (GD in its first-order regime); else only the lower bound of
+    its finest run ('>'): GD short of a graze or a plateau can stay put over several
+    halvings and then drop (docs/benchmarks.md, session 25), so no rate applies."""
     for _, N, err, wall in pts:
         if err <= target:
             return N, wall, ""
     good = [(dt, N, err, wall) for dt, N, err, wall in pts if math.isfinite(err) and err > 0]
     if not good:
         return math.nan, math.nan, "?"
-    _, n2, e2, w2 = good[-1]            # first order in the rate (favourable to GD)
+    _, n2, e2, w2 = good[-1]
+    if len(good) < 2 or good[-2][2] < 1.5 * e2:
+        return n2, w2, ">"
     N = n2 * e2 / target
     return N, w2 * N / n2, "~"
 
