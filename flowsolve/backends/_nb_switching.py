@@ -510,7 +510,6 @@ def _first_event(p, q, w1, kw, vs, f_end, ds, S, P, X, xn, last):
     return first, fmin
 
 
-
 @njit(cache=True)
 def _one_neuron(a, w, S, R, h, substeps, X, XX, lo, ca_n, cw_n,
                 P, e, g, kw, wt, w1, wr, G, xn, p, q, vs, vkey):
