@@ -259,7 +259,8 @@ def main(argv=None):
             for g in args.gammas:
                 print(f"{data_name} m={m} gamma={g}", flush=True)
                 all_rows.append(bench_one(data_name, m, g, args))
-                print(f"  {'T*' if args.t_end is None else 'T'}={all_rows[-1]['T']:.6g} ref work {all_rows[-1]['ref_nfev']} "
+                at = "T*" if args.t_end is None else "T"
+                print(f"  {at}={all_rows[-1]['T']:.6g} ref work {all_rows[-1]['ref_nfev']} "
                       f"({all_rows[-1]['ref_wall']:.1f}s), max|y_ref| "
                       f"{all_rows[-1]['ref_scale']:.3g}, |ref - ref at tol/10| "
                       f"{all_rows[-1]['ref_err']:.2e}", flush=True)
