@@ -111,11 +111,11 @@ def choose(problem, t_end: float | None = None,
       in less wall time than the exponential steps at gamma = 0.5 and 1 (m = 1e3) and
       by 10x at gamma = 2; digits at t = 20: level). Against
       gradient descent it wins on the four points at m = 1e3-1e5 in every regime
-      measured except m = 1e5, gamma = 0.5 at error 1e-4 (a tie with plain dopri5 and
-      GD there); on digits, at errors ~1e-3, it is level with GD in wall time in the
-      linear regime (1.0-1.2x) and 2.3x ahead in the critical regime, and further
-      ahead at smaller errors (session 15 tables); in the condensed regime on digits
-      (gamma = 1.75, 2) ~30x ahead in wall time at relative error 1e-4 (session 24);
+      measured (m = 1e5, gamma = 0.5 at error 1e-4 by the least: 2.2x in wall time,
+      session 24); on digits (m = 1e3) ~17x in wall time in the linear regime at
+      t = 20 and ~22x in the critical regime at t = 300, both at 1e-4 (session 24);
+      in the condensed regime on digits (gamma = 1.75, 2) ~30x ahead in wall time at
+      relative error 1e-4 (session 24);
     - smooth activations: ``"expgn3"`` where the horizon spans many of the kernel's time
       scales (``lambda_max(K/n) t_end >=`` :data:`STIFF_HORIZON` at initialisation, or
       no finite ``t_end``): stiffness from the kernel's spectrum is what limits explicit
