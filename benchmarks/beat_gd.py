@@ -147,10 +147,11 @@ def reference(prob, data_name, m, gamma, args):
     # the state at T* from a run landing on T* (a loss stop's state between steps is
     # interpolated, to lower order than the steps), and the reference's own error from
     # a run at a tenth of the tolerance
-    ref = fs.solve(prob, args.ref_method, rtol=args.ref_tol, atol=args.ref_tol, t_end=T,
-                   save_at=[0.0], progress=args.progress, max_steps=args.ref_max_steps)
-    y_ref = ref.y_final
-    if args.t_end is not None:
+    landing = fs.solve(prob, args.ref_method, rtol=args.ref_tol, atol=args.ref_tol, t_end=T,
+                       save_at=[0.0], progress=args.progress, max_steps=args.ref_max_steps)
+    y_ref = landing.y_final
+    if args.t_end is not None:                    # the landing run is the reference
+        ref = landing
         print(f"  reference: to t = {T:.6g} (loss {prob.loss(y_ref):.3g}), "
               f"{ref.stats.nfev + ref.stats.njev} RHS-equivalents, "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
