@@ -254,6 +254,8 @@ def main(argv=None):
     ap.add_argument("--ref-only", action="store_true",
                     help="compute (or load) the references and stop")
     args = ap.parse_args(argv)
+    if args.t_end is not None and not (math.isfinite(args.t_end) and args.t_end > 0):
+        ap.error(f"--t-end must be a positive finite time, got {args.t_end:g}")
     all_rows = []
     for data_name in args.data:
         for m in args.widths:

@@ -54,3 +54,10 @@ def test_beat_gd_at_a_fixed_horizon_runs_end_to_end_and_caches_its_reference(tmp
     capsys.readouterr()
     beat_gd.main(argv + ["--ref-only"])           # the second run loads the reference
     assert "reference from" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["-1", "0", "inf"])
+def test_beat_gd_rejects_a_horizon_that_is_not_a_positive_time(bad, capsys):
+    with pytest.raises(SystemExit):
+        beat_gd.main(["--t-end", bad, "--ref-only"])
+    assert f"--t-end must be a positive finite time, got {float(bad):g}" in capsys.readouterr().err
