@@ -163,10 +163,7 @@ def reference(prob, data_name, m, gamma, args):
     out = {"T": T, "y_ref": y_ref, "ref_err": ref_err, "ref_status": str(ref.status),
            "ref_nfev": ref.stats.nfev + ref.stats.njev, "ref_wall": ref_wall}
     if path is not None:                          # atomically: a killed run leaves no file
-        os.makedirs(args.ref_cache, exist_ok=True)
-        tmp = path + ".part.npz"
-        np.savez(tmp, **out)
-        os.replace(tmp, path)
+        fs.io.write_atomic(path, lambda tmp: np.savez(tmp, **out))
     return out
 
 

@@ -72,9 +72,7 @@ def main(argv=None):
               f"{ref.stats.nfev + ref.stats.njev} RHS-eq, {w:.1f} s; distance to "
               f"{10 * args.ref_tol:g}: {np.abs(loose.y_final - y_ref).max():.2e}")
         if args.ref_cache:                        # atomically: a killed run leaves no file
-            tmp = args.ref_cache + ".part.npy"
-            np.save(tmp, y_ref)
-            os.replace(tmp, args.ref_cache)
+            fs.io.write_atomic(args.ref_cache, lambda tmp: np.save(tmp, y_ref))
     lin = prob.model.make_jacobian(np, data, np.float64)(prob.y0_host)
     lam = float(np.linalg.eigvalsh(lin.gram() / data.n)[-1])
     gd_steps = args.gd_steps or [max(1, math.ceil(f * tend * lam)) for f in args.gd_factors]

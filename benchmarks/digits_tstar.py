@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -66,11 +65,8 @@ def problem(width, gamma, backend="numba"):
 
 
 def save_npz(path, **arrays):
-    """Write ``path`` atomically (a temporary file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    """Write ``path`` atomically (``flowsolve.io.write_atomic``)."""
+    fs.io.write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def run(args):

@@ -261,10 +261,8 @@ def _prepare_dir(spec, out):
             raise ConfigError(f"{out} holds a different sweep (keys {diff} differ from its "
                               f"{MANIFEST}); use another directory")
     else:
-        tmp = manifest + f".tmp-{uuid.uuid4().hex[:8]}"
-        spec.to_toml(tmp)
-        os.replace(tmp, manifest)
-    for stale in glob.glob(os.path.join(glob.escape(out), ".tmp-*.nc")):
+        io.write_atomic(manifest, spec.to_toml)
+    for stale in glob.glob(os.path.join(glob.escape(out), ".tmp-*")):   # io.write_atomic's
         try:
             os.unlink(stale)
         except OSError:

@@ -68,6 +68,34 @@ def test_atomic_write_keeps_previous_file(solution, tmp_path):
     assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
 
 
+def test_write_atomic_npy_round_trip_and_failure(tmp_path):
+    """``write_atomic`` (the benchmark caches use it): the temporary name ends like the
+    target's, so ``np.save`` writes exactly ``path``; a writer that dies half-way leaves
+    the previous file and no temporary; the file gets the umask's permissions."""
+    path = tmp_path / "sub" / "ref.npy"              # the folder is created
+    first = np.arange(5.0)
+    assert fs.io.write_atomic(path, lambda tmp: np.save(tmp, first)) == str(path)
+    np.testing.assert_array_equal(np.load(path), first)
+    assert os.listdir(path.parent) == ["ref.npy"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+
+    def dies(tmp):
+        np.save(tmp, np.zeros(1000))
+        raise KeyboardInterrupt                      # a killed run (BaseException)
+
+    with pytest.raises(KeyboardInterrupt):
+        fs.io.write_atomic(path, dies)
+    np.testing.assert_array_equal(np.load(path), first)
+    assert os.listdir(path.parent) == ["ref.npy"]
+    z = tmp_path / "c.npz"
+    fs.io.write_atomic(z, lambda tmp: np.savez(tmp, y=first))
+    with np.load(z) as f:
+        np.testing.assert_array_equal(f["y"], first)
+    assert sorted(os.listdir(tmp_path)) == ["c.npz", "sub"]
+
+
 def test_validate_detects_truncation(solution, tmp_path):
     path = tmp_path / "run.nc"
     fs.io.save(solution.to_xarray(), path)
