@@ -61,3 +61,32 @@ def test_beat_gd_rejects_a_horizon_that_is_not_a_positive_time(bad, capsys):
     with pytest.raises(SystemExit):
         beat_gd.main(["--t-end", bad, "--ref-only"])
     assert f"--t-end must be a positive finite time, got {float(bad):g}" in capsys.readouterr().err
+
+
+def test_digits_runs_saves_each_run_and_tabulates_them(tmp_path, capsys):
+    """benchmarks/digits_runs.py: one run per call, saved atomically; the table compares
+    them with a reference run (m = 20 on digits, t = 1: seconds)."""
+    digits_runs = _load("digits_runs")
+    common = ["--width", "20", "--gamma", "0.5", "--t-end", "1", "--out", str(tmp_path)]
+    for run in (["sliding", "1e-10"], ["sliding", "1e-7"], ["gd", "16"], ["gd", "64"]):
+        digits_runs.main(common + ["run"] + run)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        f"{stem}.{ext}" for stem in ("sliding_1e-10", "sliding_1e-7", "gd_16", "gd_64")
+        for ext in ("npy", "json"))                       # no temporary files left
+    with open(tmp_path / "gd_64.json") as fh:
+        info = json.load(fh)
+    assert info["steps"] == 64 and info["nfev"] == 65 and info["status"] == "success"
+    rows = {name: (err, work) for name, err, work, _, _ in
+            digits_runs.table(str(tmp_path), "sliding_1e-10")}
+    assert rows["sliding_1e-10"][0] == 0.0
+    assert 0 < rows["sliding_1e-7"][0] < 1e-4
+    # GD near first order (3.1x less error for 4x the steps here), far behind sliding
+    assert 2.5 < rows["gd_16"][0] / rows["gd_64"][0] < 5.0
+    assert rows["gd_64"][0] > rows["sliding_1e-7"][0]
+    digits_runs.main(common + ["table", "sliding_1e-10"])
+    out = capsys.readouterr().out
+    assert "errors against sliding_1e-10" in out and "gd_64" in out
+    for bad in (["table", "nope"], ["run", "gd", "-3"], ["run", "sliding", "abc"]):
+        with pytest.raises(SystemExit):
+            digits_runs.main(common + bad)
+    assert "no run 'nope'" in capsys.readouterr().err
