@@ -4,7 +4,7 @@ At m = 10^4 in the condensed regime and at m = 10^5, one solve takes minutes to 
 so ``digits_horizon.py`` (everything in one process) would run for hours with one core
 idle. This script makes one run per call and saves its final state and stats
 (atomically, under ``--out``), so runs go side by side on the cores and survive each
-other's failures; ``--table`` then compares every saved run with a reference run:
+other's failures; the ``table`` command then compares every saved run with a reference run:
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/digits_runs.py \\
         --width 10000 --gamma 2 --t-end 1e8 --out out/c5 run sliding 1e-9 --substeps 32

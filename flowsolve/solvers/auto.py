@@ -114,11 +114,13 @@ def choose(problem, t_end: float | None = None,
       measured (m = 1e5, gamma = 0.5 at error 1e-4 by the least: 2.2x in wall time,
       session 24); on digits (m = 1e3) ~17x in wall time in the linear regime at
       t = 20 and ~22x in the critical regime at t = 300, both at 1e-4 (session 24;
-      at m = 1e4 ~4x, and >= 20x at t = 1e4, session 26; at m = 1e5 ~2x, session 27);
-      in the condensed regime on digits
+      at m = 1e4 ~4x, and >= 20x at t = 1e4, session 26; at m = 1e5 ~2x, session 27;
+      critical at m = 1e5: a tie at t = 300, where the flow barely moves, ~12x at
+      t = 1e4, session 28); in the condensed regime on digits
       (gamma = 1.75, 2) ~30x ahead in wall time at relative error 1e-4 (session 24),
       on the four points at m = 1e5 13-26x at 1e-4 at fixed horizons (session 26),
-      on digits at m = 1e4 13-37x in RHS-equivalents, 5-34x in wall time (session 27);
+      on digits at m = 1e4 13-37x in RHS-equivalents, 5-34x in wall time (session 27),
+      at m = 1e5 (gamma = 2) ~68x in wall time (session 28);
     - smooth activations: ``"expgn3"`` where the horizon spans many of the kernel's time
       scales (``lambda_max(K/n) t_end >=`` :data:`STIFF_HORIZON` at initialisation, or
       no finite ``t_end``): stiffness from the kernel's spectrum is what limits explicit
