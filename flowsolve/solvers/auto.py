@@ -120,7 +120,8 @@ def choose(problem, t_end: float | None = None,
       (gamma = 1.75, 2) ~30x ahead in wall time at relative error 1e-4 (session 24),
       on the four points at m = 1e5 13-26x at 1e-4 at fixed horizons (session 26),
       on digits at m = 1e4 13-37x in RHS-equivalents, 5-34x in wall time (session 27),
-      at m = 1e5 (gamma = 2) ~68x in wall time (session 28);
+      at m = 1e5 ~17x (gamma = 1.75, session 29) and ~68x (gamma = 2, session 28) in
+      wall time;
     - smooth activations: ``"expgn3"`` where the horizon spans many of the kernel's time
       scales (``lambda_max(K/n) t_end >=`` :data:`STIFF_HORIZON` at initialisation, or
       no finite ``t_end``): stiffness from the kernel's spectrum is what limits explicit
